@@ -1,0 +1,90 @@
+"""Reading images and masks with OpenCV, treating truncated or undecodable files as errors.
+
+OpenCV returns ``None`` for garbage without raising, and decodes a truncated JPEG (a download cut
+short) with only a warning on stderr; both are reported here as :class:`CorruptFileError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class CorruptFileError(ValueError):
+    """An image or mask file that cannot be decoded completely."""
+
+
+def _is_truncated(data: bytes) -> bool:
+    # A complete JPEG ends with the EOI marker (some writers pad after it); a complete PNG with
+    # the IEND chunk. Other formats are left to the decoder.
+    if data[:3] == b"\xff\xd8\xff":
+        return data[-4096:].rfind(b"\xff\xd9") == -1
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data[-64:].rfind(b"IEND") == -1
+    return False
+
+
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode an image file as OpenCV does (BGR/BGRA/gray, 8 or 16 bit), refusing corrupt files.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptFileError: the file is empty, truncated or not a decodable image.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if not data:
+        raise CorruptFileError(f"{path} is empty; download or copy it again")
+    if _is_truncated(data):
+        raise CorruptFileError(f"{path} is truncated (an interrupted download?); replace it")
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if array is None or array.size == 0:
+        raise CorruptFileError(f"{path} is not a readable image; replace or remove it")
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    # Float images (TIFF) are taken to be in [0, 1].
+    return (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as RGB.
+
+    Returns:
+        ``(H, W, 3)`` uint8 array in ``[0, 255]``; grayscale is repeated to 3 channels, an alpha
+        channel dropped, 16-bit scaled down to 8-bit.
+    """
+    array = _to_uint8(decode_file(path))
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    if array.shape[2] == 1:
+        return cv2.cvtColor(array[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a lesion mask and binarise it.
+
+    Pixels above 127 are lesion (ISIC masks are 0/255); a mask whose maximum is 1 is taken to be
+    a 0/1 mask. Colour masks use their first channel.
+
+    Returns:
+        ``(H, W)`` uint8 array with values in ``{0, 1}``.
+    """
+    array = decode_file(path)
+    if array.ndim == 3:
+        array = array[:, :, 0]
+    if array.max() == 1:
+        return (array > 0).astype(np.uint8)
+    return (_to_uint8(array) > 127).astype(np.uint8)

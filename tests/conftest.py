@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthetic data set and a tiny trained checkpoint (built once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.synthetic import generate_synthetic_isic
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A U-Net small enough to train for an epoch in a second or two on a CPU.
+TINY_TRAIN_ARGS = ["--img-size", "32", "--base-channels", "4", "--depth", "2", "--epochs", "1",
+                   "--batch-size", "8", "--workers", "0", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic ISIC 2018 layout: 24 training and 8 validation pairs at 64x48 pixels."""
+    root = tmp_path_factory.mktemp("synthetic") / "ISIC2018"
+    return generate_synthetic_isic(root, n_train=24, n_val=8, height=48, width=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with best.pt and last.pt of a tiny U-Net trained one epoch on synthetic_root."""
+    import train
+
+    out = tmp_path_factory.mktemp("checkpoints")
+    assert train.main(["--data", str(synthetic_root), "--checkpoint-dir", str(out),
+                       *TINY_TRAIN_ARGS]) == 0
+    return out
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test where it is absent (a user's clone)."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (real ISIC data is only in the project's CI)")
+    return path

@@ -1,0 +1,257 @@
+"""Training utilities: Dice loss, Dice/IoU metrics, checkpoints, seeding, device and precision.
+
+Metrics follow segmentation_models.pytorch: count TP/FP/FN/TN per image first, then score each
+image, then average over images (never over pooled pixels or per batch).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHECKPOINT_FORMAT = "isic-unet"
+CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------- losses
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of sigmoid probabilities, computed per image, then averaged.
+
+    Args:
+        logits: ``(N, 1, H, W)`` or ``(N, H, W)`` raw scores, any real values.
+        target: same shape, values in ``{0, 1}`` (or soft labels in ``[0, 1]``).
+        smooth: added to numerator and denominator; keeps empty masks well defined.
+
+    Returns:
+        Scalar in ``[0, 1]``.
+    """
+    probs = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    intersection = (probs * target).sum(1)
+    denominator = probs.sum(1) + target.sum(1)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return 1 - dice.mean()
+
+
+class BCEDiceLoss(nn.Module):
+    """``bce_weight * BCE-with-logits + dice_weight * soft Dice loss``; shapes as in
+    :func:`soft_dice_loss`."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+        super().__init__()
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image pixel counts of true/false positives/negatives.
+
+    Args:
+        pred: ``(N, ...)`` boolean (or ``{0, 1}``) predicted masks.
+        target: ``(N, ...)`` boolean (or ``{0, 1}``) true masks, same shape.
+
+    Returns:
+        ``{"tp", "fp", "fn", "tn"}``, each an int64 tensor of shape ``(N,)``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != target {tuple(target.shape)}")
+    pred = pred.bool().flatten(1)
+    target = target.bool().flatten(1)
+    tp = (pred & target).sum(1)
+    fp = (pred & ~target).sum(1)
+    fn = (~pred & target).sum(1)
+    tn = pred.shape[1] - tp - fp - fn
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _ratio_or_one(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    # An empty prediction of an empty mask is perfect (as the ISIC scorer defines it).
+    ratio = numerator.double() / denominator.clamp(min=1).double()
+    return torch.where(denominator == 0, torch.ones_like(ratio), ratio)
+
+
+def dice_from_counts(counts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-image Dice ``2TP / (2TP + FP + FN)`` in ``[0, 1]``; 1 when both masks are empty."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return _ratio_or_one(2 * tp, 2 * tp + fp + fn)
+
+
+def iou_from_counts(counts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-image IoU (Jaccard) ``TP / (TP + FP + FN)`` in ``[0, 1]``; 1 when both are empty."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return _ratio_or_one(tp, tp + fp + fn)
+
+
+def binary_scores(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """Per-image Dice and IoU of ``sigmoid(logits) > threshold`` against ``target > 0.5``.
+
+    Args:
+        logits: ``(N, 1, H, W)`` raw scores.
+        target: ``(N, 1, H, W)`` masks in ``{0, 1}``.
+
+    Returns:
+        ``{"dice": (N,), "iou": (N,)}`` float64 tensors in ``[0, 1]``.
+    """
+    counts = confusion_counts(torch.sigmoid(logits.float()) > threshold, target > 0.5)
+    return {"dice": dice_from_counts(counts), "iou": iou_from_counts(counts)}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not one of this project."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write ``payload`` to ``path`` atomically: a crash mid-write leaves the old file intact.
+
+    The payload must hold plain types only (dicts, lists, numbers, strings, tensors) so that
+    :func:`load_checkpoint` can read it with ``weights_only=True``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` without running any pickled code.
+
+    Raises:
+        CheckpointError: the file does not exist, needs pickle code to load, or is not a
+            checkpoint of this project.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} not found; train one with `python train.py` "
+            "(or `python train.py --data synthetic` for the offline demo)"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(
+            f"{path} is not a checkpoint this project can load safely "
+            f"(refused without running its code: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint written by this project's train.py")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer version of this project; update it")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain types (loadable with ``weights_only``)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuples(value: Any) -> Any:
+    # A round trip through a checkpoint may turn tuples into lists; random.setstate needs tuples.
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------- seeding, device, precision
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; any other name is checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast
+    is several times faster than fp32; elsewhere it is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--precision`` on ``device``; ``None`` means plain fp32.
+
+    ``auto``: bf16 on Ampere+ GPUs and bf16-capable CPUs, fp16 on older GPUs, else fp32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type == "cpu":
+            raise ValueError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
