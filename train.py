@@ -299,6 +299,13 @@ def validate(model, loader, loss_fn, device, args, amp_dtype, want_examples=Fals
     return {"val_loss": loss / n, "val_dice": dice / n, "val_iou": iou / n}, examples
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics (each rank's last forward updated its own),
+    so that all ranks validate the model that rank 0 saves."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
@@ -391,6 +398,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         started = time.perf_counter()
         train_loss = train_one_epoch(model, train_loader, optimizer, scaler, loss_fn, budget,
                                      state, args, device, amp_dtype, run, is_main)
+        if world > 1:
+            broadcast_buffers(raw_model)
         metrics, examples = validate(raw_model, val_loader, loss_fn, device, args, amp_dtype,
                                      want_examples=run is not None)
         state["epoch"] = epoch + 1
