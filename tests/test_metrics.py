@@ -1,0 +1,375 @@
+"""Tests of utils.py: losses, Dice/IoU metrics, checkpoints, RNG state, device and precision."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+from utils import (
+    BCEDiceLoss,
+    CheckpointError,
+    autocast_dtype,
+    binary_scores,
+    confusion_counts,
+    dice_from_counts,
+    iou_from_counts,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+    set_rng_state,
+    soft_dice_loss,
+)
+
+# Large enough that sigmoid() is 0 or 1 to float32 precision.
+CONFIDENT = 100.0
+
+
+def masks(*rows_per_image: list[list[int]]) -> torch.Tensor:
+    """``(N, 1, H, W)`` bool masks from nested lists of 0/1."""
+    return torch.tensor(rows_per_image, dtype=torch.bool)[:, None]
+
+
+def confident_logits(mask: torch.Tensor) -> torch.Tensor:
+    """Logits whose sigmoid is (to float precision) exactly ``mask``."""
+    return torch.where(mask, CONFIDENT, -CONFIDENT)
+
+
+def dice_and_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = confusion_counts(pred, target)
+    return dice_from_counts(counts), iou_from_counts(counts)
+
+
+# ---------------------------------------------------------------- metrics, by hand
+
+
+def test_confusion_counts_by_hand() -> None:
+    pred = masks([[1, 1, 0],
+                  [0, 1, 0],
+                  [0, 0, 0]])
+    target = masks([[1, 0, 0],
+                    [1, 1, 0],
+                    [0, 0, 0]])
+    counts = confusion_counts(pred, target)
+    # TP: (0,0) and (1,1); FP: (0,1); FN: (1,0); the other 5 pixels are TN.
+    assert {k: v.tolist() for k, v in counts.items()} == {"tp": [2], "fp": [1], "fn": [1],
+                                                          "tn": [5]}
+    assert all(v.dtype == torch.int64 and v.shape == (1,) for v in counts.values())
+
+
+def test_dice_and_iou_by_hand() -> None:
+    pred = masks([[1, 1, 0],
+                  [0, 1, 0],
+                  [0, 0, 0]])
+    target = masks([[1, 0, 0],
+                    [1, 1, 0],
+                    [0, 0, 0]])
+    dice, iou = dice_and_iou(pred, target)
+    # Dice = 2*2 / (2*2 + 1 + 1) = 2/3; IoU = 2 / (2 + 1 + 1) = 1/2.
+    assert dice.item() == pytest.approx(2 / 3)
+    assert iou.item() == pytest.approx(1 / 2)
+
+
+def test_disjoint_masks_score_zero_and_identical_masks_one() -> None:
+    target = masks([[1, 1], [0, 0]], [[0, 1], [1, 1]])
+    disjoint = masks([[0, 0], [1, 1]], [[1, 0], [0, 0]])
+    assert dice_and_iou(disjoint, target)[0].tolist() == [0.0, 0.0]
+    assert dice_and_iou(disjoint, target)[1].tolist() == [0.0, 0.0]
+    assert dice_and_iou(target, target)[0].tolist() == [1.0, 1.0]
+    assert dice_and_iou(target, target)[1].tolist() == [1.0, 1.0]
+
+
+def test_empty_masks() -> None:
+    empty = masks([[0, 0], [0, 0]])
+    lesion = masks([[0, 1], [0, 0]])
+    both_empty = dice_and_iou(empty, empty)
+    assert both_empty[0].item() == 1.0 and both_empty[1].item() == 1.0
+    missed = dice_and_iou(empty, lesion)  # nothing predicted, a lesion there
+    assert missed[0].item() == 0.0 and missed[1].item() == 0.0
+    hallucinated = dice_and_iou(lesion, empty)  # a lesion predicted on clear skin
+    assert hallucinated[0].item() == 0.0 and hallucinated[1].item() == 0.0
+
+
+def test_scores_are_per_image_then_mean_not_pooled() -> None:
+    # Image 1: a one-pixel lesion found exactly (Dice 1). Image 2: a four-pixel lesion missed
+    # (Dice 0). Per image, then mean: 0.5. Pooled pixels would give 2*1 / (2*1 + 4) = 1/3.
+    pred = masks([[1, 0], [0, 0]], [[0, 0], [0, 0]])
+    target = masks([[1, 0], [0, 0]], [[1, 1], [1, 1]])
+    dice, iou = dice_and_iou(pred, target)
+    assert dice.tolist() == [1.0, 0.0] and iou.tolist() == [1.0, 0.0]
+    assert dice.mean().item() == pytest.approx(0.5)
+    assert dice.mean().item() != pytest.approx(1 / 3)
+    scores = binary_scores(confident_logits(pred), target.float())
+    assert scores["dice"].tolist() == [1.0, 0.0] and scores["iou"].tolist() == [1.0, 0.0]
+
+
+def test_confusion_counts_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        confusion_counts(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 5))
+
+
+def test_binary_scores_thresholds_probabilities() -> None:
+    target = masks([[1, 1, 0, 0]]).float()
+    # sigmoid(0) = 0.5 is not above the threshold, so the second pixel is background.
+    logits = torch.tensor([[[[3.0, 0.0, -3.0, -0.1]]]])
+    scores = binary_scores(logits, target)
+    assert scores["dice"].item() == pytest.approx(2 / 3)  # TP 1, FN 1
+    assert scores["iou"].item() == pytest.approx(1 / 2)
+    assert scores["dice"].dtype == torch.float64
+    strict = binary_scores(logits, target, threshold=0.99)  # sigmoid(3) = 0.953
+    assert strict["dice"].item() == 0.0
+
+
+def numpy_dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Dice and IoU of one pair of boolean masks, straight from the set definitions."""
+    intersection = np.sum(np.logical_and(pred, target))
+    union = np.sum(np.logical_or(pred, target))
+    sizes = np.sum(pred) + np.sum(target)
+    if union == 0:
+        return 1.0, 1.0
+    return 2 * intersection / sizes, intersection / union
+
+
+def test_random_masks_match_numpy_formula() -> None:
+    rng = np.random.default_rng(0)
+    # Lesion fractions from none to everything, so empty and full masks are covered too.
+    pred = np.stack([rng.random((1, 16, 20)) < p for p in np.linspace(0, 1, 12)])
+    target = np.stack([rng.random((1, 16, 20)) < p for p in rng.permutation(np.linspace(0, 1, 12))])
+    target[0] = False  # with pred[0] (fraction 0) also empty: both empty
+    expected = np.array([numpy_dice_iou(p, t) for p, t in zip(pred, target)])
+
+    dice, iou = dice_and_iou(torch.from_numpy(pred), torch.from_numpy(target))
+    np.testing.assert_allclose(dice.numpy(), expected[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(iou.numpy(), expected[:, 1], rtol=1e-12)
+    scores = binary_scores(confident_logits(torch.from_numpy(pred)),
+                           torch.from_numpy(target).float())
+    np.testing.assert_allclose(scores["dice"].numpy(), expected[:, 0], rtol=1e-12)
+    assert ((dice >= 0) & (dice <= 1) & (iou >= 0) & (iou <= iou.new_ones(1))).all()
+    assert (iou <= dice).all()  # IoU = D / (2 - D) never exceeds Dice
+
+
+def test_scores_never_exceed_one_on_large_masks() -> None:
+    full = torch.ones(3, 1, 128, 128, dtype=torch.bool)
+    dice, iou = dice_and_iou(full, full)
+    assert dice.max().item() <= 1.0 and iou.max().item() <= 1.0
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_soft_dice_loss_is_within_zero_and_one() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.1, 1.0, 10.0, 1000.0):
+        logits = scale * torch.randn(4, 1, 8, 8, generator=generator)
+        target = (torch.rand(4, 1, 8, 8, generator=generator) < 0.3).float()
+        loss = soft_dice_loss(logits, target)
+        assert loss.shape == () and 0.0 <= loss.item() <= 1.0
+
+
+def test_soft_dice_loss_near_zero_when_confidently_right_and_near_one_when_wrong() -> None:
+    target = masks([[1, 1, 0], [0, 1, 0]], [[0, 0, 0], [0, 0, 0]])
+    assert soft_dice_loss(confident_logits(target), target.float()).item() < 1e-6
+    wrong = soft_dice_loss(confident_logits(~target[:1]), target[:1].float()).item()
+    assert wrong > 0.8  # smooth=1 keeps it just below 1: 1 - 1/(3 + 3 + 1)
+
+
+def test_soft_dice_loss_is_per_image_then_mean() -> None:
+    # Image 1: probs [1, 0, 0, 0] on target [1, 0, 0, 0]: Dice (2 + 1) / (2 + 1) = 1.
+    # Image 2: probs [0, 0, 0, 0] on target [1, 1, 1, 1]: Dice (0 + 1) / (4 + 1) = 1/5.
+    # Per image: 1 - (1 + 1/5) / 2 = 0.4. Pooled: 1 - (2 + 1) / (6 + 1) = 4/7.
+    target = masks([[1, 0, 0, 0]], [[1, 1, 1, 1]])
+    pred = masks([[1, 0, 0, 0]], [[0, 0, 0, 0]])
+    loss = soft_dice_loss(confident_logits(pred), target.float())
+    assert loss.item() == pytest.approx(0.4, abs=1e-6)
+
+
+def test_soft_dice_loss_accepts_unbatched_channel() -> None:
+    target = masks([[1, 0], [0, 1]])
+    logits = torch.zeros_like(target, dtype=torch.float32)
+    assert soft_dice_loss(logits, target.float()).item() == pytest.approx(
+        soft_dice_loss(logits[:, 0], target[:, 0].float()).item())
+
+
+def test_bce_dice_loss_decreases_toward_a_perfect_prediction() -> None:
+    generator = torch.Generator().manual_seed(0)
+    target = (torch.rand(2, 1, 16, 16, generator=generator) < 0.4).float()
+    loss_fn = BCEDiceLoss()
+    losses = [loss_fn((2 * target - 1) * confidence, target).item()
+              for confidence in (-5.0, -1.0, 0.0, 0.5, 1.0, 2.0, 5.0, 20.0)]
+    assert all(np.isfinite(losses))
+    assert all(a > b for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 1e-3
+
+
+def test_bce_dice_loss_is_finite_for_extreme_logits_and_weights_its_parts() -> None:
+    target = masks([[1, 0], [0, 1]]).float()
+    for logits in (torch.full_like(target, 1e4), torch.full_like(target, -1e4)):
+        assert torch.isfinite(BCEDiceLoss()(logits, target))
+    logits = torch.tensor([[[[0.3, -1.2], [2.0, 0.1]]]])
+    dice_only = BCEDiceLoss(bce_weight=0.0)(logits, target)
+    assert dice_only.item() == pytest.approx(soft_dice_loss(logits, target).item())
+
+
+def test_bce_dice_loss_has_gradients() -> None:
+    logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    target = torch.ones(1, 1, 4, 4)
+    BCEDiceLoss()(logits, target).backward()
+    assert logits.grad is not None and (logits.grad < 0).all()  # raising logits helps
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_save_checkpoint_round_trip_leaves_no_temporary_files(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "ckpt.pt"
+    weights = torch.arange(6.0).reshape(2, 3)
+    save_checkpoint({"weights": weights, "epoch": 1}, path)
+    save_checkpoint({"weights": weights * 2, "epoch": 2}, path)  # overwrite in place
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.pt"]
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 2 and torch.equal(loaded["weights"], weights * 2)
+    assert loaded["format"] == utils.CHECKPOINT_FORMAT
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   interruption: BaseException) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    previous = path.read_bytes()
+
+    def save_half_then_fail(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"PK\x03\x04 half a zip archive")  # type: ignore[attr-defined]
+        raise interruption
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(type(interruption)):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == previous
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class CreatesMarker:
+    """Unpickling this runs ``os.mkdir(marker)``: what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_load_refuses_pickled_code(tmp_path: Path) -> None:
+    path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    torch.save({"format": utils.CHECKPOINT_FORMAT, "version": 1, "x": CreatesMarker(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # The file really is dangerous: an unsafe load would have run the code.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_missing_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="train.py") as info:
+        load_checkpoint(tmp_path / "missing.pt")
+    assert "missing.pt" in str(info.value)
+
+
+def test_load_refuses_foreign_checkpoints(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, plain)
+    with pytest.raises(CheckpointError, match="plain.pt.*train.py"):
+        load_checkpoint(plain)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": utils.CHECKPOINT_FORMAT, "version": utils.CHECKPOINT_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match="newer version"):
+        load_checkpoint(newer)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+
+
+def draw_random_numbers() -> tuple:
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    seed_everything(1234)
+    draw_random_numbers()  # move away from the freshly seeded state
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = draw_random_numbers()
+    seed_everything(999)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert draw_random_numbers() == expected
+
+
+def test_seed_everything_is_reproducible() -> None:
+    seed_everything(5)
+    first = draw_random_numbers()
+    seed_everything(6)
+    assert draw_random_numbers() != first
+    seed_everything(5)
+    assert draw_random_numbers() == first
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+def test_select_device_auto_falls_back_to_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+
+
+def test_select_device_auto_prefers_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device("auto").type == "cuda"
+
+
+def test_select_device_auto_here() -> None:
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("an accelerator is present")
+    assert select_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_select_device_refuses_missing_cuda(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available.*--device cpu"):
+        select_device(name)
+
+
+def test_select_device_refuses_unknown_names() -> None:
+    # A ValueError, which train.py turns into one line on stderr (not torch's RuntimeError).
+    with pytest.raises(ValueError, match="tpu"):
+        select_device("tpu")
+
+
+def test_autocast_dtype_explicit_choices() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", torch.device("cuda")) == torch.float16
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision 'fp64'"):
+        autocast_dtype("fp64", cpu)
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, torch.bfloat16), (False, None)])
+def test_autocast_dtype_auto_on_cpu(monkeypatch: pytest.MonkeyPatch, native_bf16: bool,
+                                    expected: torch.dtype | None) -> None:
+    monkeypatch.setattr(utils, "cpu_supports_bf16", lambda: native_bf16)
+    assert autocast_dtype("auto", torch.device("cpu")) == expected
