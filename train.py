@@ -28,12 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
 from data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ISICDataset,
     SeededSampler,
     eval_transforms,
+    init_loader_worker,
     split_pairs,
     train_transforms,
 )
@@ -83,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore images without masks and masks without images")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes per GPU/process")
+    g.add_argument("--no-cache", dest="cache", action="store_false", help="decode and resize "
+                   "the original files every epoch instead of reading the preparation cache "
+                   "(built on first use, as `python scripts/prepare.py` does)")
+    g.add_argument("--cache-dir", default=None, help="folder of the preparation caches (the "
+                   "data folder may be read-only); None: data/cache/ of this repository")
     g = p.add_argument_group("model")
     g.add_argument("--base-channels", type=int, default=64,
                    help="width of the first U-Net level (64: the paper's 31 M parameters)")
@@ -155,6 +162,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if args.lr <= 0 or args.workers < 0 or not 0 <= args.warmup < 1:
         raise ValueError("--lr must be positive, --workers >= 0 and --warmup in [0, 1)")
+    if not (0 < args.val_fraction < 1 or (args.official_val and args.val_fraction == 0)):
+        raise ValueError(f"--val-fraction must be in (0, 1) (or 0 with --official-val), got "
+                         f"{args.val_fraction}")
     if args.max_minutes is not None and args.max_minutes <= 0:
         raise ValueError("--max-minutes must be positive")
 
@@ -206,16 +216,40 @@ def load_splits(args: argparse.Namespace, root: Path) -> tuple[list, list]:
     return split_pairs(pairs, args.val_fraction, args.seed)
 
 
-def build_loaders(args, train_pairs, val_pairs, rank, world, device):
-    train_ds = ISICDataset(train_pairs, train_transforms(args.img_size))
-    val_ds = ISICDataset(val_pairs, eval_transforms(args.img_size))
+def open_caches(args: argparse.Namespace, root: Path, is_main: bool) -> dict[str, PreparedCache]:
+    """The preparation caches of the splits this run reads; rank 0 builds what is missing and
+    prints the scan report while the other ranks wait."""
+    if not is_main:
+        dist.barrier()  # wait until rank 0 has written the caches
+    caches = prepare_splits(root, ("train", "val") if args.official_val else ("train",),
+                            args.img_size, skip_unpaired=args.skip_unpaired,
+                            cache_root=args.cache_dir or DEFAULT_CACHE_ROOT, progress=is_main,
+                            log=print if is_main else None)
+    if is_main and dist.is_initialized():
+        dist.barrier()
+    return caches
+
+
+def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list, val_pairs: list,
+                   is_main: bool) -> tuple[ISICDataset, ISICDataset]:
+    """Training and validation datasets, read from the preparation cache unless --no-cache."""
+    train_source, val_source = train_pairs, val_pairs
+    if args.cache:
+        caches = open_caches(args, root, is_main)
+        train_source = caches["train"].source(train_pairs)
+        val_source = caches["val" if args.official_val else "train"].source(val_pairs)
+    return (ISICDataset(train_source, train_transforms(args.img_size)),
+            ISICDataset(val_source, eval_transforms(args.img_size)))
+
+
+def build_loaders(args, train_ds, val_ds, rank, world, device):
     sampler = SeededSampler(DistributedSampler(train_ds, num_replicas=world, rank=rank,
                                                shuffle=True, seed=args.seed), seed=args.seed)
     per_rank = len(sampler)
     if per_rank < 1:
         raise DatasetError(f"{len(train_ds)} training images are too few for {world} processes")
     common = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
-                  persistent_workers=args.workers > 0)
+                  persistent_workers=args.workers > 0, worker_init_fn=init_loader_worker)
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler,
                               drop_last=per_rank >= args.batch_size, **common)
     # Each rank scores a disjoint slice of the validation set (no padding, no duplicates), so
@@ -355,7 +389,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     # data
     root = resolve_data_root(args, is_main)
     train_pairs, val_pairs = load_splits(args, root)
-    train_loader, val_loader = build_loaders(args, train_pairs, val_pairs, rank, world, device)
+    train_ds, val_ds = build_datasets(args, root, train_pairs, val_pairs, is_main)
+    train_loader, val_loader = build_loaders(args, train_ds, val_ds, rank, world, device)
 
     # model, optimiser, precision
     config = UNetConfig(base_channels=args.base_channels, depth=args.depth, bilinear=args.bilinear)
@@ -370,6 +405,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best_dice": -1.0, "wandb_id": None}
     if args.resume:
         checkpoint = load_checkpoint(args.resume, map_location=device)
+        if not {"optimizer", "scaler", "rng"} <= set(checkpoint):
+            raise CheckpointError(f"{args.resume} holds weights but no training state; resume "
+                                  "from last.pt")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -391,6 +429,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
               f"({world} process{'es' if world > 1 else ''}), precision "
               f"{amp_dtype or torch.float32}")
 
+    if is_main and (state["epoch"] >= args.epochs or budget.exhausted(state["step"])):
+        print(f"nothing to do: {args.resume} already finished its {state['epoch']} epochs; "
+              "raise --epochs (or --max-minutes) to train longer")
     metrics: dict[str, float] = {}
     while state["epoch"] < args.epochs and not budget.exhausted(state["step"]):
         epoch = state["epoch"]
@@ -515,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume <checkpoint-dir>/last.pt", file=sys.stderr)
         return 130
-    if metrics:
+    if metrics and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: val_dice {metrics['val_dice']:.4f}, checkpoints in {args.checkpoint_dir}")
     return 0
 

@@ -1,9 +1,15 @@
-"""The ISIC ``Dataset``: decoding, albumentations transforms, and a deterministic split."""
+"""The ISIC ``Dataset``: decoding, albumentations transforms, and a deterministic split.
+
+A dataset reads its samples from a *source*: :class:`FileSource` decodes the original files on
+every load, ``data.cache.CachedSource`` reads them already resized from the preparation cache.
+Both feed the same transforms, whose first step (:func:`resize_transform`) is the very resize
+the cache applied, so that it leaves cached samples untouched and items are identical.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import albumentations as A
 import cv2
@@ -18,12 +24,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resize_transform(img_size: int) -> A.Resize:
+    """Area-average resize of image and mask to ``img_size`` square.
+
+    The ``{0, 1}`` uint8 mask is area-averaged too and rounded back to ``{0, 1}`` (binarised at
+    0.5), which follows the lesion border more faithfully than nearest neighbour. An input
+    already at ``img_size`` is returned unchanged, which is what makes cached samples (resized
+    by this same transform) give the same items as the original files.
+    """
+    return A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA,
+                    mask_interpolation=cv2.INTER_AREA)
+
+
 def train_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
                      std: Sequence[float] = IMAGENET_STD) -> A.Compose:
     """Resize to ``img_size`` square, then flips, 90-degree and free rotations, shift/scale and
     colour jitter (lesions have no canonical orientation; dermatoscopes differ in colour)."""
     return A.Compose([
-        A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA),
+        resize_transform(img_size),
         A.HorizontalFlip(),
         A.VerticalFlip(),
         A.RandomRotate90(),
@@ -38,13 +56,57 @@ def eval_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> A.Compose:
     """Resize to ``img_size`` square and normalise; nothing random."""
     return A.Compose([
-        A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA),
+        resize_transform(img_size),
         A.Normalize(mean=mean, std=std),
     ])
 
 
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair: ``(H, W, 3)`` uint8 RGB image and ``(H, W)`` uint8 mask in ``{0, 1}``.
+
+    Raises:
+        CorruptFileError: a file cannot be decoded (see :mod:`data.imageio`).
+        DatasetError: image and mask differ in size.
+    """
+    image = read_image(pair.image)
+    mask = read_mask(pair.mask)
+    if image.shape[:2] != mask.shape:
+        raise DatasetError(
+            f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but image {pair.image} "
+            f"is {image.shape[1]}x{image.shape[0]}; they must have the same size"
+        )
+    return image, mask
+
+
+class Source(Protocol):
+    """Where a dataset's samples come from: ``ids`` in order, and ``load(index)`` returning a
+    uint8 RGB image ``(H, W, 3)`` and a uint8 mask ``(H, W)`` in ``{0, 1}``."""
+
+    ids: list[str]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class FileSource:
+    """Image/mask pairs decoded from their original files on every load."""
+
+    def __init__(self, pairs: Sequence[Pair]) -> None:
+        self.pairs = list(pairs)
+        self.ids = [pair.id for pair in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """See :func:`load_pair`."""
+        return load_pair(self.pairs[index])
+
+
 class ISICDataset(Dataset):
-    """Image/mask pairs decoded with OpenCV and transformed with albumentations.
+    """Samples of a :class:`Source` (or a list of pairs, read from their files) transformed with
+    albumentations.
 
     Items are dicts: ``image`` float32 ``(3, S, S)`` normalised, ``mask`` float32 ``(1, S, S)``
     in ``{0, 1}``, ``id`` str. A key may be an index or ``(index, seed)`` (see
@@ -52,38 +114,33 @@ class ISICDataset(Dataset):
     are reproducible whatever the number of workers.
     """
 
-    def __init__(self, pairs: Sequence[Pair], transform: A.Compose) -> None:
-        if not pairs:
+    def __init__(self, source: Source | Sequence[Pair], transform: A.Compose) -> None:
+        self.source = source if hasattr(source, "load") else FileSource(source)
+        if len(self.source) == 0:
             raise DatasetError("the data set is empty")
-        self.pairs = list(pairs)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.pairs)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded ``(H, W, 3)`` uint8 RGB image and ``(H, W)`` uint8 mask in ``{0, 1}``."""
-        pair = self.pairs[index]
-        image = read_image(pair.image)
-        mask = read_mask(pair.mask)
-        if image.shape[:2] != mask.shape:
-            raise DatasetError(
-                f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but image {pair.image} "
-                f"is {image.shape[1]}x{image.shape[0]}; they must have the same size"
-            )
-        return image, mask
+        return len(self.source)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = self.load(index)
+        image, mask = self.source.load(index)
         if seed is not None:
             self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=mask)
         return {
             "image": torch.from_numpy(out["image"].transpose(2, 0, 1).copy()),
             "mask": torch.from_numpy(out["mask"][None].astype(np.float32)),
-            "id": self.pairs[index].id,
+            "id": self.source.ids[index],
         }
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker process. The workers already
+    keep the cores busy (PyTorch limits its own threads in them likewise); OpenCV's thread pool
+    on top only adds contention, which at 256x256 costs more than it gains."""
+    cv2.setNumThreads(1)
 
 
 class SeededSampler(Sampler):
