@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
 from data.dataset import (
+    AUGMENTATIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ISICDataset,
@@ -46,6 +47,7 @@ from models import UNetConfig, build_model, count_parameters
 from utils import (
     BCEDiceLoss,
     CheckpointError,
+    ModelEMA,
     autocast_dtype,
     binary_scores,
     load_checkpoint,
@@ -54,11 +56,13 @@ from utils import (
     seed_everything,
     select_device,
     set_rng_state,
+    soft_dice_loss,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent
 SYNTHETIC_DIR = REPO_ROOT / "data" / "synthetic"
 ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear")
+LOSSES = {"bce_dice": BCEDiceLoss, "dice": lambda: soft_dice_loss}
 
 # Named sets of defaults; flags given on the command line still win.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-lr-ratio", type=float, default=0.01,
                    help="final learning rate as a fraction of --lr (cosine decay)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 is off")
+    g.add_argument("--loss", default="bce_dice", choices=sorted(LOSSES),
+                   help="bce_dice: BCE + soft Dice; dice: soft Dice alone")
+    g.add_argument("--augment", default="default", choices=AUGMENTATIONS,
+                   help="augmentation policy (see data/dataset.py: train_transforms)")
+    g.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving "
+                   "average of the weights, which is validated and saved; 0 is off")
     g.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
@@ -238,7 +248,7 @@ def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list, val_
         caches = open_caches(args, root, is_main)
         train_source = caches["train"].source(train_pairs)
         val_source = caches["val" if args.official_val else "train"].source(val_pairs)
-    return (ISICDataset(train_source, train_transforms(args.img_size)),
+    return (ISICDataset(train_source, train_transforms(args.img_size, policy=args.augment)),
             ISICDataset(val_source, eval_transforms(args.img_size)))
 
 
@@ -400,7 +410,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp_dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = BCEDiceLoss()
+    loss_fn = LOSSES[args.loss]()
+    ema = ModelEMA(model, args.ema) if args.ema else None
+    eval_model = ema.module if ema else model  # validated, and saved as "model"
 
     state = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best_dice": -1.0, "wandb_id": None}
     if args.resume:
@@ -408,7 +420,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if not {"optimizer", "scaler", "rng"} <= set(checkpoint):
             raise CheckpointError(f"{args.resume} holds weights but no training state; resume "
                                   "from last.pt")
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint["train_model" if ema else "model"])
+        if ema:
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.updates = checkpoint["ema_updates"]
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
@@ -437,19 +452,20 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         epoch = state["epoch"]
         train_loader.sampler.set_epoch(epoch)
         started = time.perf_counter()
+        after_step = (lambda: ema.update(raw_model)) if ema else None
         train_loss = train_one_epoch(model, train_loader, optimizer, scaler, loss_fn, budget,
-                                     state, args, device, amp_dtype, run, is_main)
+                                     state, args, device, amp_dtype, run, is_main, after_step)
         if world > 1:
-            broadcast_buffers(raw_model)
-        metrics, examples = validate(raw_model, val_loader, loss_fn, device, args, amp_dtype,
+            broadcast_buffers(eval_model)
+        metrics, examples = validate(eval_model, val_loader, loss_fn, device, args, amp_dtype,
                                      want_examples=run is not None)
         state["epoch"] = epoch + 1
         metrics.update(train_loss=train_loss, lr=lr_at(budget.progress(state["step"]), args),
                        seconds=time.perf_counter() - started)
         if is_main:
             report_epoch(metrics, state, args, run, examples)
-            state["best_dice"] = save_epoch(raw_model, optimizer, scaler, metrics, state, args,
-                                            ckpt_dir, run)
+            state["best_dice"] = save_epoch(raw_model, ema, optimizer, scaler, metrics, state,
+                                            args, ckpt_dir, run)
     if run is not None:
         run.finish()
     if dist.is_initialized():
@@ -458,7 +474,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
 
 def train_one_epoch(model, loader, optimizer, scaler, loss_fn, budget, state, args, device,
-                    amp_dtype, run, is_main) -> float:
+                    amp_dtype, run, is_main, after_step=None) -> float:
     """One pass over the training data (or until the budget runs out); the mean loss."""
     model.train()
     bar = tqdm(loader, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", leave=False,
@@ -479,6 +495,8 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, budget, state, ar
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         running += loss.detach()
         state["step"] += 1
         batches += 1
@@ -512,12 +530,13 @@ def report_epoch(metrics, state, args, run, examples) -> None:
         run.log(log, step=state["step"])
 
 
-def save_epoch(model, optimizer, scaler, metrics, state, args, ckpt_dir, run) -> float:
+def save_epoch(model, ema, optimizer, scaler, metrics, state, args, ckpt_dir, run) -> float:
     """Write last.pt (everything needed to resume) and best.pt (by validation Dice); returns
-    the best Dice so far."""
+    the best Dice so far. "model" holds the weights to predict with: the EMA when there is one
+    (the trained weights are then last.pt's "train_model")."""
     best = max(state["best_dice"], metrics["val_dice"])
     common = {
-        "model": model.state_dict(),
+        "model": (ema.module if ema else model).state_dict(),
         "model_config": model.config.to_dict(),
         "img_size": args.img_size,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
@@ -531,7 +550,8 @@ def save_epoch(model, optimizer, scaler, metrics, state, args, ckpt_dir, run) ->
     }
     if metrics["val_dice"] > state["best_dice"]:
         save_checkpoint(common, ckpt_dir / "best.pt")
-    save_checkpoint({**common, "optimizer": optimizer.state_dict(),
+    training = {"train_model": model.state_dict(), "ema_updates": ema.updates} if ema else {}
+    save_checkpoint({**common, **training, "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "rng": rng_state(),
                      "wandb_id": run.id if run is not None else state["wandb_id"]},
                     ckpt_dir / "last.pt")

@@ -6,6 +6,7 @@ image, then average over images (never over pooled pixels or per batch).
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import tempfile
@@ -113,6 +114,33 @@ def binary_scores(
     """
     counts = confusion_counts(torch.sigmoid(logits.float()) > threshold, target > 0.5)
     return {"dice": dice_from_counts(counts), "iou": iou_from_counts(counts)}
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that the
+    random initial weights are forgotten quickly in short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"--ema must be in (0, 1), got {decay}")
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (call after each step)."""
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        averaged, current = self.module.state_dict(), model.state_dict()
+        floats = [k for k, v in averaged.items() if v.is_floating_point()]
+        torch._foreach_lerp_([averaged[k] for k in floats], [current[k] for k in floats],
+                             1 - decay)
+        for key in averaged.keys() - set(floats):  # BatchNorm's integer batch counters
+            averaged[key].copy_(current[key])
 
 
 # ---------------------------------------------------------------- checkpoints

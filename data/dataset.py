@@ -36,20 +36,36 @@ def resize_transform(img_size: int) -> A.Resize:
                     mask_interpolation=cv2.INTER_AREA)
 
 
+AUGMENTATIONS = ("flips", "default", "strong")
+
+
 def train_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> A.Compose:
-    """Resize to ``img_size`` square, then flips, 90-degree and free rotations, shift/scale and
-    colour jitter (lesions have no canonical orientation; dermatoscopes differ in colour)."""
-    return A.Compose([
-        resize_transform(img_size),
-        A.HorizontalFlip(),
-        A.VerticalFlip(),
-        A.RandomRotate90(),
-        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.0625, 0.0625), rotate=(-30, 30),
-                 border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.5),
-        A.Normalize(mean=mean, std=std),
-    ])
+                     std: Sequence[float] = IMAGENET_STD, policy: str = "default") -> A.Compose:
+    """Resize to ``img_size`` square, then augment (lesions have no canonical orientation;
+    dermatoscopes differ in colour and magnification), then normalise.
+
+    Policies: ``flips`` (flips and 90-degree rotations), ``default`` (also free rotation,
+    shift/scale and colour jitter, each half the time) and ``strong`` (wider ranges, every
+    time, plus blur).
+    """
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation policy {policy!r}; use one of {AUGMENTATIONS}")
+    steps = [resize_transform(img_size), A.HorizontalFlip(), A.VerticalFlip(),
+             A.RandomRotate90()]
+    if policy == "default":
+        steps += [
+            A.Affine(scale=(0.85, 1.15), translate_percent=(-0.0625, 0.0625), rotate=(-30, 30),
+                     border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.5),
+        ]
+    elif policy == "strong":
+        steps += [
+            A.Affine(scale=(0.75, 1.3), translate_percent=(-0.1, 0.1), rotate=(-45, 45),
+                     shear=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=0.9),
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.9),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+        ]
+    return A.Compose([*steps, A.Normalize(mean=mean, std=std)])
 
 
 def eval_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,

@@ -270,3 +270,15 @@ def test_without_preset_the_defaults_apply() -> None:
     parser = train.build_parser()
     assert args.epochs == parser.get_default("epochs")
     assert args.base_channels == 64 and args.depth == 4 and not args.bilinear
+
+
+def test_ema_is_saved_as_the_model_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
+    assert train.main(tiny_args(synthetic_root, tmp_path, "--ema", "0.9", "--augment", "flips",
+                                "--loss", "dice")) == 0
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["ema_updates"] == last["step"] > 0
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+    assert train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "2"]) == 0
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    assert resumed["ema_updates"] == resumed["step"] == 2 * last["step"]
+    assert resumed["args"]["ema"] == 0.9 and resumed["args"]["loss"] == "dice"
