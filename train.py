@@ -386,15 +386,36 @@ class Budget:
         return self.progress(step) >= 1.0
 
 
+def configure_backends(device: torch.device) -> None:
+    """On CUDA: TF32 matrix products and cuDNN autotuning (fixed input sizes)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def train_step(model, image, mask, optimizer, scaler, loss_fn, device, amp_dtype,
+               grad_clip: float) -> torch.Tensor:
+    """One optimisation step; returns the loss, still on the device (reading it would
+    synchronise)."""
+    with autocast(device, amp_dtype):
+        loss = loss_fn(model(image), mask)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def train(args: argparse.Namespace) -> dict[str, float]:
     check_args(args)
     rank, world, device = setup_distributed(args)
     is_main = rank == 0
     seed_everything(args.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_backends(device)
 
     # data
     root = resolve_data_root(args, is_main)
@@ -486,18 +507,10 @@ def train_one_epoch(model, loader, optimizer, scaler, loss_fn, budget, state, ar
         for group in optimizer.param_groups:
             group["lr"] = lr_at(budget.progress(state["step"]), args)
         image, mask = to_device(batch, device, args.channels_last)
-        with autocast(device, amp_dtype):
-            loss = loss_fn(model(image), mask)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        running += train_step(model, image, mask, optimizer, scaler, loss_fn, device, amp_dtype,
+                              args.grad_clip)
         if after_step is not None:
             after_step()
-        running += loss.detach()
         state["step"] += 1
         batches += 1
         images += len(image)

@@ -1,0 +1,127 @@
+"""Tests of resuming train.py: after a SIGKILL mid-epoch, and bit-exactly at an epoch boundary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from models import build_model
+from tests.conftest import TINY_TRAIN_ARGS
+from utils import load_checkpoint
+
+TRAIN_PY = Path(train.__file__).resolve()
+EPOCHS = 3
+# 128 px and 2 images per step make an epoch last about half a second on a CPU: long enough to
+# kill the process while epoch 2 runs, after last.pt of epoch 1 appeared.
+SLOW_EPOCH_ARGS = [*TINY_TRAIN_ARGS, "--img-size", "128", "--batch-size", "2",
+                   "--epochs", str(EPOCHS)]
+
+
+def train_env(cwd: Path) -> dict[str, str]:
+    """One thread per run, and W&B offline runs under ``cwd/wandb``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+            "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"}
+
+
+def kill_during_epoch_2(proc: subprocess.Popen, last: Path, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` as soon as epoch 1's last.pt exists (it is written atomically, so it
+    exists only complete)."""
+    deadline = time.monotonic() + timeout
+    while not last.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"train.py exited early:\n{proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("train.py wrote no last.pt in time")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def printed_lrs(stdout: str) -> dict[int, str]:
+    """Epoch -> the learning rate its summary line printed."""
+    return {int(m[1]): m[2] for m in re.finditer(r"^epoch (\d+)/\d+ .* lr (\S+) ", stdout, re.M)}
+
+
+def test_sigkill_mid_epoch_then_resume_finishes_the_same_schedule_and_wandb_run(
+        synthetic_root: Path, tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_PY), "--data", str(synthetic_root), "--checkpoint-dir",
+         str(ckpt_dir), "--cache-dir", str(tmp_path / "cache"), "--wandb", *SLOW_EPOCH_ARGS],
+        cwd=tmp_path, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    kill_during_epoch_2(proc, last)
+    assert proc.returncode == -signal.SIGKILL
+
+    # What was written before the kill is complete, loadable, and alone (no temp files).
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    before = load_checkpoint(last)
+    assert before["epoch"] == 1, "the kill came after epoch 2 was saved; make epochs longer"
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    build_model(best["model_config"]).load_state_dict(best["model"])
+    steps_per_epoch = before["step"]
+    assert steps_per_epoch > 1 and before["wandb_id"]
+
+    resumed = subprocess.run([sys.executable, str(TRAIN_PY), "--resume", str(last)],
+                             cwd=tmp_path, env=train_env(tmp_path), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+
+    after = load_checkpoint(last)
+    args = argparse.Namespace(**after["args"])
+    assert after["epoch"] == EPOCHS and after["step"] == EPOCHS * steps_per_epoch
+    assert after["metrics"]["lr"] == train.lr_at(1.0, args)
+    assert before["metrics"]["lr"] == train.lr_at(1 / EPOCHS, args)
+    # The resumed run redoes epoch 2 from its start and anneals on the original plan.
+    assert printed_lrs(resumed.stdout) == {
+        epoch: f"{train.lr_at(epoch / EPOCHS, args):.2e}" for epoch in range(2, EPOCHS + 1)}
+
+    assert after["wandb_id"] == before["wandb_id"]
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith(f"-{before['wandb_id']}") for run in runs)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+
+
+def stop_after_first_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make train.py stop (as after Ctrl-C) right after it saved its first epoch."""
+    save_epoch = train.save_epoch
+
+    def save_then_interrupt(*args, **kwargs):
+        save_epoch(*args, **kwargs)
+        monkeypatch.setattr(train, "save_epoch", save_epoch)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "save_epoch", save_then_interrupt)
+
+
+def test_resume_at_an_epoch_boundary_gives_the_same_weights(
+        synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["--data", str(synthetic_root), "--cache-dir", str(tmp_path / "cache"),
+              *TINY_TRAIN_ARGS, "--epochs", "2", "--batch-size", "4", "--seed", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert train.main([*common, "--checkpoint-dir", str(straight)]) == 0
+
+    stop_after_first_save(monkeypatch)
+    assert train.main([*common, "--checkpoint-dir", str(stopped)]) == 130
+    assert load_checkpoint(stopped / "last.pt")["epoch"] == 1
+    assert train.main(["--resume", str(stopped / "last.pt")]) == 0
+
+    expected, actual = (load_checkpoint(d / "last.pt") for d in (straight, stopped))
+    assert actual["epoch"] == expected["epoch"] == 2 and actual["step"] == expected["step"]
+    assert expected["model"].keys() == actual["model"].keys()
+    different = [name for name, tensor in expected["model"].items()
+                 if not torch.equal(tensor, actual["model"][name])]
+    assert not different, f"resumed weights differ from an uninterrupted run: {different}"
+    for key in ("val_loss", "val_dice", "train_loss", "lr"):
+        assert actual["metrics"][key] == expected["metrics"][key], key
