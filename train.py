@@ -71,12 +71,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for on/off switches, where "(default: False)" only confuses."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
+def describe_preset(settings: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="named set of defaults "
                    "(explicit flags still win): " + "; ".join(
-                       f"{k}: {v}" for k, v in PRESETS.items()))
+                       f"{name} = {describe_preset(v)}" for name, v in PRESETS.items()))
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data/ISIC2018", help="folder in an ISIC layout (or "
                    "images/ + masks/), or 'synthetic' to generate and use data/synthetic/")

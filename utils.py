@@ -82,8 +82,9 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torc
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
-def _ratio_or_one(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    # An empty prediction of an empty mask is perfect (as the ISIC scorer defines it).
+def ratio_or_one(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` as float64, and 1 where the denominator is 0: an empty
+    prediction of an empty mask is perfect, as the ISIC scorer defines it."""
     ratio = numerator.double() / denominator.clamp(min=1).double()
     return torch.where(denominator == 0, torch.ones_like(ratio), ratio)
 
@@ -91,13 +92,13 @@ def _ratio_or_one(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.T
 def dice_from_counts(counts: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-image Dice ``2TP / (2TP + FP + FN)`` in ``[0, 1]``; 1 when both masks are empty."""
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    return _ratio_or_one(2 * tp, 2 * tp + fp + fn)
+    return ratio_or_one(2 * tp, 2 * tp + fp + fn)
 
 
 def iou_from_counts(counts: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-image IoU (Jaccard) ``TP / (TP + FP + FN)`` in ``[0, 1]``; 1 when both are empty."""
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
-    return _ratio_or_one(tp, tp + fp + fn)
+    return ratio_or_one(tp, tp + fp + fn)
 
 
 def binary_scores(

@@ -96,7 +96,9 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _mask_id(stem: str) -> str:
+def mask_id_of(stem: str) -> str:
+    """The image id a mask file's stem belongs to: ``ISIC_0000000_segmentation`` ->
+    ``ISIC_0000000``."""
     for suffix in MASK_SUFFIXES:
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
@@ -134,7 +136,7 @@ def find_pairs(root: str | Path, split: str = "train", skip_unpaired: bool = Fal
         raise DatasetError(f"mask folder {mask_dir} for {image_dir} does not exist")
     masks: dict[str, Path] = {}
     for stem, path in _image_files(mask_dir).items():
-        mask_id = _mask_id(stem)
+        mask_id = mask_id_of(stem)
         if mask_id in masks:
             raise DatasetError(f"two masks for id {mask_id!r}: {masks[mask_id]} and {path}")
         masks[mask_id] = path

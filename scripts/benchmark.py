@@ -77,7 +77,7 @@ class Setting:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; model and batch defaults are train.py's."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
     p.add_argument("--base-channels", type=int, default=TRAIN_DEFAULTS.base_channels,

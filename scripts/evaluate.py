@@ -1,0 +1,563 @@
+#!/usr/bin/env python
+"""Score lesion masks as the ISIC 2018 challenge did: per image, at the original resolution.
+
+    python scripts/evaluate.py --checkpoint models/checkpoints/best.pt --split val
+    python scripts/evaluate.py --checkpoint best.pt --data data/ISIC2018 --split test --tta
+    python scripts/evaluate.py --pred results/masks --gt data/ISIC2018 --split val
+    python scripts/evaluate.py --checkpoint best.pt --split val --resolution model
+
+What is scored:
+  --checkpoint without --data: the data train.py used (the folder, seed, validation fraction and
+      --official-val are read from the checkpoint); --split train or val (default) is exactly
+      training's own split, --split test that folder's test split.
+  --checkpoint with --data DIR: a split of any layout the reader knows; --split defaults to the
+      layout's val split, else its test split, else its train split (images/ + masks/).
+  --pred DIR --gt DIR: masks written by predict.py (<id>_segmentation.png) or any other tool,
+      matched by id to the ground truth, a layout (--split as above) or a plain folder of masks.
+
+Predictions are scored at each image's original size (--resolution original), or with
+--resolution model at the checkpoint's img_size exactly as train.py validates (its data set
+class, transform and threshold), to compare with the val_dice it printed. Metrics, empty masks
+and HD95: see evaluation.py. Writes metrics.csv (one row per image), summary.json,
+jaccard_histogram.png and worst_cases.png under results/<name>/ (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import train  # noqa: E402
+from data.dataset import ISICDataset, eval_transforms  # noqa: E402
+from data.imageio import read_image  # noqa: E402
+from data.layouts import (  # noqa: E402
+    SPLITS,
+    DatasetError,
+    Pair,
+    find_images,
+    find_pairs,
+    find_split_folders,
+    mask_id_of,
+)
+from evaluation import (  # noqa: E402
+    COUNTS,
+    JACCARD_THRESHOLD,
+    METRICS,
+    fit_to_truth,
+    read_scored_mask,
+    score_masks,
+    summarize,
+)
+from predict import DEFAULT_CHECKPOINT, Predictor, draw_contour, postprocess  # noqa: E402
+from utils import CheckpointError  # noqa: E402
+
+RESULTS_DIR = Path("results")
+# Preferred split of a layout when --split is not given: held-out data first.
+SPLIT_PREFERENCE = ("val", "test", "train")
+WORST_CASES = 8
+GRID_COLUMNS = 4
+THUMBNAIL = 256  # longest side of the pictures in the worst-case grid
+TRUTH_RGB = (0, 220, 0)
+PREDICTION_RGB = (255, 40, 40)
+TRUTH_FILL = 70  # grey level of the true lesion when the grid has no image to draw on
+LABELS = {"dice": "Dice", "jaccard": "Jaccard", "threshold_jaccard": "thresholded Jaccard",
+          "sensitivity": "sensitivity", "specificity": "specificity", "accuracy": "accuracy",
+          "hd95": "HD95 (pixels)"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    g = p.add_argument_group("what to score")
+    g.add_argument("--checkpoint", default=None,
+                   help=f"predict with this checkpoint (default {DEFAULT_CHECKPOINT} unless "
+                   "--pred is given)")
+    g.add_argument("--data", default=None, help="data folder in any known layout, or "
+                   "'synthetic' (default: the checkpoint's training data and split)")
+    g.add_argument("--split", choices=SPLITS, default=None,
+                   help="split to score (default: val; for a layout without one: test, then "
+                   "train)")
+    g.add_argument("--pred", default=None, help="folder of predicted masks to score")
+    g.add_argument("--gt", default=None, help="ground truth for --pred: a layout or a folder "
+                   "of masks")
+    g.add_argument("--images", default=None, help="images for the worst-case grid in --pred "
+                   "mode (default: the --gt layout's images, else the masks only)")
+    g.add_argument("--resize-pred", action="store_true", help="resize predictions of another "
+                   "size than their ground truth (nearest neighbour) instead of refusing them")
+    g.add_argument("--resolution", choices=("original", "model"), default="original",
+                   help="original: the challenge's scoring; model: at the checkpoint's img_size "
+                   "as train.py validates (to compare with its val_dice)")
+    g = p.add_argument_group("prediction (--checkpoint)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="lesion probability threshold in (0, 1); default: the checkpoint's")
+    g.add_argument("--tta", action="store_true",
+                   help="average the probabilities over horizontal and vertical flips")
+    g.add_argument("--keep-largest", action="store_true",
+                   help="keep only the largest lesion region (also applies to --pred masks)")
+    g.add_argument("--fill-holes", action="store_true",
+                   help="fill holes inside the lesion (also applies to --pred masks)")
+    g.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast where supported, else fp32 (as train.py)")
+    g.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", default=None,
+                   help="folder for the report (default: results/<checkpoint>_<data>)")
+    g.add_argument("--worst", type=int, default=WORST_CASES,
+                   help="number of lowest-Jaccard images in worst_cases.png")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse combinations of flags that would be silently ignored."""
+    if args.pred or args.gt:
+        if not (args.pred and args.gt):
+            raise ValueError("--pred and --gt go together: pass both folders")
+        if args.checkpoint or args.data:
+            raise ValueError("score either a checkpoint (--checkpoint/--data) or a folder of "
+                             "masks (--pred/--gt), not both")
+        ignored = [flag for flag, value in (("--tta", args.tta), ("--threshold", args.threshold),
+                                            ("--resolution model", args.resolution == "model"))
+                   if value]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: only with --checkpoint (--pred masks are "
+                             "already thresholded at their size)")
+    elif args.images or args.resize_pred:
+        raise ValueError("--images and --resize-pred apply to --pred mode only")
+    if args.worst < 0:
+        raise ValueError("--worst must be 0 or more")
+
+
+# ---------------------------------------------------------------- what to score
+
+
+@dataclass(frozen=True)
+class MaskFiles:
+    """One image of --pred mode: its id, ground truth, prediction and (optional) image."""
+
+    id: str
+    truth: Path
+    prediction: Path
+    image: Path | None
+
+
+def layout_split(root: Path, split: str | None) -> str:
+    """``split``, or the first of val, test, train that the layout under ``root`` has."""
+    if split is not None:
+        return split
+    folders = find_split_folders(root)
+    return next(name for name in SPLIT_PREFERENCE if name in folders)
+
+
+def training_pairs(checkpoint: dict[str, Any], split: str) -> tuple[Path, list[Pair]]:
+    """The data folder and the pairs of ``split`` exactly as train.py split them: train and val
+    from its own logic (held-out fraction or official val), test from the layout."""
+    if "args" not in checkpoint:
+        raise CheckpointError("the checkpoint does not record its training data; pass --data")
+    train_args = argparse.Namespace(**checkpoint["args"])
+    root = training_data_root(train_args)
+    if split == "test":
+        return root, find_pairs(root, "test", skip_unpaired=train_args.skip_unpaired)
+    train_set, val_set = train.load_splits(train_args, root)
+    return root, train_set if split == "train" else val_set
+
+
+def training_data_root(train_args: argparse.Namespace) -> Path:
+    """The checkpoint's data folder, relative to the working directory or to the repository."""
+    root = train.resolve_data_root(train_args, is_main=True)
+    if root.is_dir() or root.is_absolute():
+        return root
+    if (REPO_ROOT / root).is_dir():
+        return REPO_ROOT / root
+    raise DatasetError(f"the checkpoint was trained on {train_args.data}, which is not found "
+                       f"from here or from {REPO_ROOT}; run from the folder training ran in, or "
+                       "score a data set with --data DIR")
+
+
+def mask_files(pred_dir: Path, gt_dir: Path, images_dir: Path | None,
+               split: str | None) -> list[MaskFiles]:
+    """Predicted masks matched by id to their ground truth (and image, when known).
+
+    Args:
+        split: the split of the ``gt_dir`` layout, ``None`` when it is a plain mask folder.
+
+    Raises:
+        DatasetError: a folder is missing or empty, no id matches, or some ground-truth masks
+            have no prediction (the challenge rejected incomplete submissions).
+    """
+    truths = ground_truth(gt_dir, split)
+    predictions = masks_by_id(pred_dir, "--pred")
+    images = ({path.stem: path for path in find_images(_folder(images_dir, "--images"))}
+              if images_dir is not None else {})
+    missing = sorted(set(truths) - set(predictions))
+    if len(missing) == len(truths):
+        raise DatasetError(f"no mask in {pred_dir} matches an id of {gt_dir} (e.g. "
+                           f"{next(iter(truths))}_segmentation.png); check the folders")
+    if missing:
+        raise DatasetError(f"{len(missing)} ground-truth masks have no prediction in "
+                           f"{pred_dir}: {', '.join(missing[:5])}{', ...' * (len(missing) > 5)}")
+    return [MaskFiles(id_, mask, predictions[id_], images.get(id_, image))
+            for id_, (mask, image) in sorted(truths.items())]
+
+
+def ground_truth(gt_dir: Path, split: str | None) -> dict[str, tuple[Path, Path | None]]:
+    """``{id: (mask, image or None)}`` from a layout's split, or a plain mask folder (``None``)."""
+    if split is None:
+        return {id_: (path, None) for id_, path in masks_by_id(gt_dir, "--gt").items()}
+    return {pair.id: (pair.mask, pair.image) for pair in find_pairs(gt_dir, split)}
+
+
+def gt_split(gt_dir: Path, split: str | None) -> str | None:
+    """The split to score of a --gt layout, or ``None`` for a plain folder of masks."""
+    try:
+        find_split_folders(_folder(gt_dir, "--gt"))
+    except DatasetError:
+        if split is not None:
+            raise DatasetError(f"--split {split}: {gt_dir} is a plain folder of masks, not a "
+                               "layout with splits; leave --split out") from None
+        return None
+    return layout_split(gt_dir, split)
+
+
+def masks_by_id(folder: Path, flag: str) -> dict[str, Path]:
+    """``{id: path}`` of the mask files of ``folder`` (``<id>_segmentation.png`` or
+    ``<id>.png``)."""
+    masks: dict[str, Path] = {}
+    for path in find_images(_folder(folder, flag)):
+        id_ = mask_id_of(path.stem)
+        if id_ in masks:
+            raise DatasetError(f"two masks for id {id_!r} in {folder}: {masks[id_].name} and "
+                               f"{path.name}")
+        masks[id_] = path
+    if not masks:
+        raise DatasetError(f"{flag} folder {folder} holds no mask image")
+    return masks
+
+
+def _folder(path: Path, flag: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{flag} folder {path} does not exist")
+    return path
+
+
+# ---------------------------------------------------------------- the worst cases
+
+
+@dataclass(order=True)
+class Case:
+    """An image kept for the worst-case grid, with small copies of its masks."""
+
+    jaccard: float
+    id: str
+    image: Path | None = field(compare=False)
+    truth: np.ndarray = field(compare=False)
+    prediction: np.ndarray = field(compare=False)
+
+
+class WorstCases:
+    """The ``count`` images of lowest Jaccard index among those offered, in increasing order."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._heap: list[tuple[float, str, Case]] = []  # keyed by -jaccard: the root is the best
+
+    def offer(self, id_: str, jaccard: float, image: Path | None, truth: np.ndarray,
+              prediction: np.ndarray) -> None:
+        key = (-jaccard, id_)
+        if len(self._heap) == self.count and (not self.count or key < self._heap[0][:2]):
+            return
+        case = Case(jaccard, id_, image, thumbnail(truth), thumbnail(prediction))
+        if len(self._heap) < self.count:
+            heapq.heappush(self._heap, (*key, case))
+        else:
+            heapq.heapreplace(self._heap, (*key, case))
+
+    def cases(self) -> list[Case]:
+        return sorted(case for *_, case in self._heap)
+
+
+def thumbnail(mask: np.ndarray) -> np.ndarray:
+    """bool ``(H, W)`` -> bool, at most :data:`THUMBNAIL` pixels on its longest side."""
+    scale = THUMBNAIL / max(mask.shape)
+    if scale >= 1:
+        return mask.copy()
+    size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_row(id_: str, prediction: np.ndarray, truth: np.ndarray, image: Path | None,
+              worst: WorstCases) -> dict[str, Any]:
+    scores = score_masks(prediction, truth)
+    worst.offer(id_, scores["jaccard"], image, truth, prediction)
+    return {"id": id_, "height": truth.shape[0], "width": truth.shape[1], **scores}
+
+
+def progress(total: int) -> tqdm:
+    return tqdm(total=total, unit="image", disable=None, file=sys.stderr)
+
+
+def score_original(predictor: Predictor, pairs: Sequence[Pair],
+                   worst: WorstCases) -> list[dict[str, Any]]:
+    """Predict each image at its original size (as predict.py does) and score it there; one
+    batch of full-size images is in memory at a time."""
+    rows = []
+    with progress(len(pairs)) as bar:
+        for chunk in chunks(pairs, predictor.batch_size):
+            predictions = predictor.predict_batch([read_image(pair.image) for pair in chunk])
+            for pair, prediction in zip(chunk, predictions):
+                truth = read_scored_mask(pair.mask)
+                if truth.shape != prediction.mask.shape:
+                    raise DatasetError(
+                        f"mask {pair.mask} is {truth.shape[1]}x{truth.shape[0]} but image "
+                        f"{pair.image} is {prediction.mask.shape[1]}x{prediction.mask.shape[0]}"
+                        "; they must have the same size")
+                rows.append(score_row(pair.id, prediction.mask, truth, pair.image, worst))
+                bar.update()
+    return rows
+
+
+def score_model_size(predictor: Predictor, pairs: Sequence[Pair],
+                     worst: WorstCases) -> list[dict[str, Any]]:
+    """Score at the model's input size exactly as train.py validates: the training data set
+    class and transform, ``sigmoid(logits) > threshold``, the true mask ``> 0.5``."""
+    dataset = ISICDataset(pairs, eval_transforms(predictor.img_size, predictor.mean,
+                                                 predictor.std))
+    images = {pair.id: pair.image for pair in pairs}
+    rows = []
+    with progress(len(pairs)) as bar:
+        for batch in DataLoader(dataset, batch_size=predictor.batch_size):
+            lesion = torch.sigmoid(predictor.predict_logits(batch["image"]).cpu())
+            predicted = (lesion > predictor.threshold)[:, 0].numpy()
+            truths = (batch["mask"] > 0.5)[:, 0].numpy()
+            for id_, prediction, truth in zip(batch["id"], predicted, truths):
+                prediction = postprocess(prediction, predictor.keep_largest,
+                                         predictor.fill_holes)
+                rows.append(score_row(id_, prediction, truth, images[id_], worst))
+                bar.update()
+    return rows
+
+
+def score_files(files: Sequence[MaskFiles], args: argparse.Namespace,
+                worst: WorstCases) -> list[dict[str, Any]]:
+    """Score mask files, post-processed if asked."""
+    rows = []
+    for item in tqdm(files, unit="image", disable=None, file=sys.stderr):
+        truth = read_scored_mask(item.truth)
+        prediction = fit_to_truth(read_scored_mask(item.prediction), truth.shape,
+                                  str(item.prediction), args.resize_pred)
+        prediction = postprocess(prediction, args.keep_largest, args.fill_holes)
+        rows.append(score_row(item.id, prediction, truth, item.image, worst))
+    return rows
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------- the report
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    columns = ["id", "height", "width", *METRICS, *COUNTS]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    lines = [f"{'metric':<22}{'mean':>10}{'median':>10}{'std':>10}"]
+    for name in METRICS:
+        stats = summary["metrics"][name]
+        cells = "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}"
+                        for v in (stats["mean"], stats["median"], stats["std"]))
+        lines.append(f"{LABELS[name]:<22}{cells}")
+    if summary["hd95_undefined"]:
+        lines[-1] += f"   ({summary['hd95_undefined']} undefined: one mask empty)"
+    lines.append(f"ISIC 2018 ranking score (mean thresholded Jaccard): "
+                 f"{summary['ranking_score']:.4f} over {summary['images']} images")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_histogram(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per-image Jaccard index, with the challenge's 0.65 threshold."""
+    plt = _pyplot()
+    jaccard = [row["jaccard"] for row in rows]
+    below = sum(value < JACCARD_THRESHOLD for value in jaccard)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(jaccard, bins=np.linspace(0, 1, 41), color="tab:blue")
+    ax.axvline(JACCARD_THRESHOLD, color="tab:red", linestyle="--",
+               label=f"threshold {JACCARD_THRESHOLD}: the {below} of {len(rows)} images "
+               "below it score 0")
+    ax.set(xlabel="Jaccard index per image", ylabel="images", xlim=(0, 1))
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_worst(cases: Sequence[Case], path: Path) -> None:
+    """The worst images with the true (green) and predicted (red) lesion outlines."""
+    plt = _pyplot()
+    rows = max(1, -(-len(cases) // GRID_COLUMNS))
+    fig, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(3 * GRID_COLUMNS, 3 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, case in zip(axes.flat, cases):
+        canvas = background(case)
+        draw_contour(canvas, case.truth, TRUTH_RGB)
+        draw_contour(canvas, case.prediction, PREDICTION_RGB)
+        ax.imshow(canvas)
+        ax.set_title(f"{case.id}\nJaccard {case.jaccard:.3f}", fontsize=9)
+    fig.suptitle("lowest Jaccard: ground truth green, prediction red", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def background(case: Case) -> np.ndarray:
+    """RGB uint8 at the thumbnail's size: the image, else the true lesion in grey."""
+    height, width = case.truth.shape
+    if case.image is None:
+        canvas = np.zeros((height, width, 3), dtype=np.uint8)
+        canvas[case.truth] = TRUTH_FILL
+        return canvas
+    return cv2.resize(read_image(case.image), (width, height), interpolation=cv2.INTER_AREA)
+
+
+def write_report(rows: list[dict[str, Any]], worst: WorstCases, settings: dict[str, Any],
+                 out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {**summarize(rows), "settings": settings}
+    write_csv(rows, out_dir / "metrics.csv")
+    write_summary(summary, out_dir / "summary.json")
+    plot_histogram(rows, out_dir / "jaccard_histogram.png")
+    plot_worst(worst.cases(), out_dir / "worst_cases.png")
+    return summary
+
+
+# ---------------------------------------------------------------- the two modes
+
+
+def evaluate_checkpoint(args: argparse.Namespace, worst: WorstCases) -> tuple[list, dict, str]:
+    """Rows, settings and the default report name of --checkpoint mode."""
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    predictor = Predictor(checkpoint, device=args.device, threshold=args.threshold,
+                          tta=args.tta, keep_largest=args.keep_largest,
+                          fill_holes=args.fill_holes, batch_size=args.batch_size,
+                          precision=args.precision)
+    if args.data is None:
+        split = args.split or "val"
+        root, pairs = training_pairs(predictor.checkpoint, split)
+        data_label = f"{root.resolve().name}-training-{split}"
+        if split == "val":
+            print("note: train.py selected this checkpoint on this validation split, so these "
+                  "scores are optimistic; report a held-out set too")
+    else:
+        root = train.resolve_data_root(argparse.Namespace(data=args.data), is_main=True)
+        split = layout_split(root, args.split)
+        pairs = find_pairs(root, split)
+        data_label = f"{root.resolve().name}-{split}"
+    print(f"scoring {len(pairs)} images of {root} ({data_label}) at {args.resolution} "
+          f"resolution on {predictor.device}")
+    score = score_model_size if args.resolution == "model" else score_original
+    rows = score(predictor, pairs, worst)
+    settings = {"mode": "checkpoint", "checkpoint": str(checkpoint), "data": str(root),
+                "split": split, "split_source": "layout" if args.data else "training",
+                "resolution": args.resolution, "threshold": predictor.threshold,
+                "tta": args.tta, "keep_largest": args.keep_largest,
+                "fill_holes": args.fill_holes, "precision": args.precision,
+                "img_size": predictor.img_size}
+    ckpt = Path(checkpoint)
+    return rows, settings, f"{ckpt.parent.name}-{ckpt.stem}_{data_label}"
+
+
+def evaluate_files(args: argparse.Namespace, worst: WorstCases) -> tuple[list, dict, str]:
+    """Rows, settings and the default report name of --pred/--gt mode."""
+    pred, gt = Path(args.pred), Path(args.gt)
+    split = gt_split(gt, args.split)
+    files = mask_files(pred, gt, Path(args.images) if args.images else None, split)
+    print(f"scoring {len(files)} masks of {pred} against {gt}")
+    rows = score_files(files, args, worst)
+    settings = {"mode": "masks", "pred": str(pred), "gt": str(gt), "split": split,
+                "resolution": "original", "resize_pred": args.resize_pred, "checkpoint": None,
+                "threshold": None, "tta": False, "keep_largest": args.keep_largest,
+                "fill_holes": args.fill_holes}
+    gt_label = f"{gt.resolve().name}-{split}" if split else gt.resolve().name
+    return rows, settings, f"{pred.resolve().name}-vs-{gt_label}"
+
+
+def report_name(base: str, args: argparse.Namespace) -> str:
+    """``base`` plus a suffix per non-default setting, so that runs do not overwrite others."""
+    suffixes = [("model", args.resolution == "model"), ("tta", args.tta),
+                ("largest", args.keep_largest), ("filled", args.fill_holes),
+                (f"t{args.threshold}", args.threshold is not None)]
+    return "_".join([base, *(name for name, used in suffixes if used)])
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    worst = WorstCases(args.worst)
+    evaluate = evaluate_files if args.pred else evaluate_checkpoint
+    rows, settings, base = evaluate(args, worst)
+    out_dir = Path(args.output) if args.output else RESULTS_DIR / report_name(base, args)
+    summary = write_report(rows, worst, settings, out_dir)
+    print(format_table(summary))
+    print(f"report: {out_dir}/ (metrics.csv, summary.json, jaccard_histogram.png, "
+          "worst_cases.png)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except torch.cuda.OutOfMemoryError:
+        print("error: out of GPU memory; lower --batch-size", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
