@@ -30,7 +30,7 @@ from data.dataset import eval_transforms
 from data.imageio import IMAGE_EXTENSIONS, CorruptFileError, decode_file, read_image
 from data.layouts import find_images
 from models import build_model
-from utils import CheckpointError, autocast_dtype, load_checkpoint, select_device
+from utils import CheckpointError, autocast_dtype, load_checkpoint, run_script, select_device
 
 DEFAULT_CHECKPOINT = "models/checkpoints/best.pt"
 DEFAULT_OUTPUT = "results"
@@ -403,17 +403,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; lower --batch-size", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_script(lambda: run(args))
 
 
 if __name__ == "__main__":

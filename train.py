@@ -40,7 +40,6 @@ from data.dataset import (
     split_pairs,
     train_transforms,
 )
-from data.imageio import CorruptFileError
 from data.layouts import DatasetError, find_pairs
 from data.synthetic import ensure_synthetic_isic
 from models import UNetConfig, build_model, count_parameters
@@ -52,6 +51,7 @@ from utils import (
     binary_scores,
     load_checkpoint,
     rng_state,
+    run_script,
     save_checkpoint,
     seed_everything,
     select_device,
@@ -583,25 +583,18 @@ def save_epoch(model, ema, optimizer, scaler, metrics, state, args, ckpt_dir, ru
     return best
 
 
-USER_ERRORS = (DatasetError, CorruptFileError, CheckpointError, ValueError, FileNotFoundError)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        metrics = train(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; lower --batch-size or --img-size", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume <checkpoint-dir>/last.pt", file=sys.stderr)
-        return 130
+def parse_and_train(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    metrics = train(args)
     if metrics and int(os.environ.get("RANK", 0)) == 0:
         print(f"done: val_dice {metrics['val_dice']:.4f}, checkpoints in {args.checkpoint_dir}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(lambda: parse_and_train(argv),
+                      interrupted="interrupted; continue with --resume <checkpoint-dir>/last.pt",
+                      oom_hint="lower --batch-size or --img-size")
 
 
 if __name__ == "__main__":

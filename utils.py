@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import os
 import random
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +228,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _as_tuples(value: Any) -> Any:
     # A round trip through a checkpoint may turn tuples into lists; random.setstate needs tuples.
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------- scripts
+
+
+# DatasetError and CorruptFileError are ValueErrors; FileNotFoundError is an OSError.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, CheckpointError)
+
+
+def run_script(body: Callable[[], int], errors: tuple[type[BaseException], ...] = USER_ERRORS,
+               interrupted: str = "interrupted", oom_hint: str = "lower --batch-size") -> int:
+    """Run a script's body and return its exit status: a user's mistake (a bad path, value or
+    file) becomes one ``error:`` line on stderr and status 1, never a traceback."""
+    try:
+        return body()
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except torch.cuda.OutOfMemoryError:
+        print(f"error: out of GPU memory; {oom_hint}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    return 1
 
 
 # ---------------------------------------------------------------- seeding, device, precision

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from models import UNetConfig, build_model, count_parameters  # noqa: E402
-from utils import BCEDiceLoss, autocast_dtype, select_device  # noqa: E402
+from utils import BCEDiceLoss, autocast_dtype, run_script, select_device  # noqa: E402
 
 TRAIN_DEFAULTS = train.parse_args([])
 COLUMNS = ("setting", "train img/s", "inference img/s", "train speed-up", "inference speed-up",
@@ -317,25 +317,18 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
-    try:
-        results = benchmark(options)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; lower --batch-size or --img-size", file=sys.stderr)
-        return 1
+def report(options: argparse.Namespace) -> int:
+    results = benchmark(options)
     print(markdown(results))
     if options.json:
-        try:
-            options.json.parent.mkdir(parents=True, exist_ok=True)
-            options.json.write_text(json.dumps(results, indent=2) + "\n")
-        except OSError as exc:
-            print(f"error: cannot write --json {options.json}: {exc.strerror}", file=sys.stderr)
-            return 1
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        options.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    return run_script(lambda: report(options), oom_hint="lower --batch-size or --img-size")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from data.cache import DEFAULT_CACHE_ROOT  # noqa: E402
+from utils import run_script  # noqa: E402
 
 MIN_EPOCH_IMAGES = 256
 LOADERS = (("original files", False), ("preparation cache", True))
@@ -99,12 +100,11 @@ def markdown_table(rates: list[tuple[str, float]], options: argparse.Namespace) 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both loaders and print the table; returns the exit status."""
     options = build_parser().parse_args(argv)
-    try:
-        rates = measure(options)
-    except train.USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(markdown_table(rates, options))
+    return run_script(lambda: report(options))
+
+
+def report(options: argparse.Namespace) -> int:
+    print(markdown_table(measure(options), options))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.download import DEFAULT_BASE_URL, DownloadError, fetch_isic  # noqa: E402
+from utils import run_script  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the downloader; returns the exit status (0 on success, 1 on error)."""
     args = build_parser().parse_args(argv)
+    return run_script(lambda: download(args), errors=(DownloadError, OSError),
+                      interrupted="interrupted: partial downloads are kept as *.part; rerun the "
+                      "same command to resume")
+
+
+def download(args: argparse.Namespace) -> int:
     dest = args.dest if args.dest is not None else Path("data") / f"ISIC{args.year}"
-    try:
-        fetch_isic(
-            args.year, dest, args.splits, base_url=args.base_url, verify=not args.no_verify,
-            keep_zips=args.keep_zips, progress=not args.no_progress, timeout=args.timeout,
-        )
-    except (DownloadError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: partial downloads are kept as *.part; rerun the same command "
-              "to resume", file=sys.stderr)
-        return 130
+    fetch_isic(args.year, dest, args.splits, base_url=args.base_url, verify=not args.no_verify,
+               keep_zips=args.keep_zips, progress=not args.no_progress, timeout=args.timeout)
     print(f"ISIC {args.year} data ready in {dest}")
     return 0
 

@@ -65,7 +65,7 @@ from evaluation import (  # noqa: E402
     summarize,
 )
 from predict import DEFAULT_CHECKPOINT, Predictor, draw_contour, postprocess  # noqa: E402
-from utils import CheckpointError  # noqa: E402
+from utils import CheckpointError, run_script  # noqa: E402
 
 RESULTS_DIR = Path("results")
 # Preferred split of a layout when --split is not given: held-out data first.
@@ -546,17 +546,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (CheckpointError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except torch.cuda.OutOfMemoryError:
-        print("error: out of GPU memory; lower --batch-size", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_script(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.cache import DEFAULT_CACHE_ROOT, prepare_splits  # noqa: E402
-from data.imageio import CorruptFileError  # noqa: E402
-from data.layouts import DatasetError, find_split_folders  # noqa: E402
+from data.layouts import find_split_folders  # noqa: E402
+from utils import run_script  # noqa: E402
 
 DEFAULT_SPLITS = ("train", "val")
 
@@ -63,20 +63,18 @@ def default_splits(root: Path) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Prepare the cache; returns the exit status (0 on success, 1 on error)."""
     args = build_parser().parse_args(argv)
+    return run_script(lambda: prepare(args),
+                      interrupted="interrupted: no partial cache was kept; rerun the same command")
+
+
+def prepare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        if args.img_size < 1 or args.workers < 1:
-            raise ValueError("--img-size and --workers must be at least 1")
-        splits = args.splits or default_splits(args.data)
-        caches = prepare_splits(args.data, splits, args.img_size,
-                                skip_unpaired=args.skip_unpaired, cache_root=args.cache_dir,
-                                workers=args.workers, progress=not args.no_progress)
-    except (DatasetError, CorruptFileError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: no partial cache was kept; rerun the same command", file=sys.stderr)
-        return 130
+    if args.img_size < 1 or args.workers < 1:
+        raise ValueError("--img-size and --workers must be at least 1")
+    splits = args.splits or default_splits(args.data)
+    caches = prepare_splits(args.data, splits, args.img_size, skip_unpaired=args.skip_unpaired,
+                            cache_root=args.cache_dir, workers=args.workers,
+                            progress=not args.no_progress)
     images = sum(len(cache) for cache in caches.values())
     print(f"{images} samples ready at {args.img_size}x{args.img_size} in "
           f"{time.perf_counter() - started:.1f} s")
