@@ -65,9 +65,15 @@ ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear")
 LOSSES = {"bce_dice": BCEDiceLoss, "dice": lambda: soft_dice_loss}
 
 # Named sets of defaults; flags given on the command line still win.
+# cpu-demo and cpu-budget were measured on a 2-core CPU (README, docs/experiments.md);
+# isic2018-gpu is a recommendation for one GPU, not yet measured.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": dict(data="synthetic", img_size=96, base_channels=16, epochs=6, batch_size=8,
                      lr=3e-3, warmup=0.05),
+    "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, batch_size=16, lr=1e-3,
+                       ema=0.99),
+    "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
+                         ema=0.999, official_val=True),
 }
 
 
@@ -126,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bce_dice: BCE + soft Dice; dice: soft Dice alone")
     g.add_argument("--augment", default="default", choices=AUGMENTATIONS,
                    help="augmentation policy (see data/dataset.py: train_transforms)")
-    g.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving "
+    g.add_argument("--ema", type=float, default=0.99, help="decay of an exponential moving "
                    "average of the weights, which is validated and saved; 0 is off")
     g.add_argument("--seed", type=int, default=0, help="seed for split, init and augmentation")
     g = p.add_argument_group("hardware")
