@@ -30,12 +30,18 @@ def free_port() -> int:
 
 
 def torchrun(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               str(TRAIN_PY), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    # The free port is released before torchrun binds it, so another process may take it in
+    # between: a failed launch is tried once more on a new port.
+    for _ in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                   str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                   str(TRAIN_PY), *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=300)
+        if result.returncode == 0:
+            break
+    return result
 
 
 def single_process_metrics(checkpoint: dict) -> dict[str, float]:
