@@ -256,25 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="checkpoint written by train.py (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="lesion probability threshold in (0, 1) (default: the checkpoint's)")
-    p.add_argument("--tta", action="store_true",
-                   help="average the probabilities over horizontal and vertical flips")
-    p.add_argument("--keep-largest", action="store_true",
-                   help="keep only the largest connected lesion region")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes inside the lesion")
     p.add_argument("--overlay", action="store_true",
                    help="also write <stem>_overlay.jpg, the image with the lesion outlined")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probability.png, the probabilities scaled to 0-255")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto (the default): bf16 autocast where supported, else fp32")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="images per forward pass, after resizing to the model's size "
-                   "(default: %(default)s)")
+    add_prediction_options(p)
     return p
+
+
+def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The :class:`Predictor` options, shared by predict.py and scripts/evaluate.py."""
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="lesion probability threshold in (0, 1) (default: the checkpoint's)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the probabilities over horizontal and vertical flips")
+    parser.add_argument("--keep-largest", action="store_true",
+                        help="keep only the largest connected lesion region")
+    parser.add_argument("--fill-holes", action="store_true",
+                        help="fill holes inside the lesion")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:1")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto (the default): bf16 autocast where supported, else fp32")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per forward pass, after resizing to the model's size "
+                        "(default: %(default)s)")
 
 
 def collect_inputs(patterns: Sequence[str]) -> list[Path]:

@@ -64,7 +64,13 @@ from evaluation import (  # noqa: E402
     score_masks,
     summarize,
 )
-from predict import DEFAULT_CHECKPOINT, Predictor, draw_contour, postprocess  # noqa: E402
+from predict import (  # noqa: E402
+    DEFAULT_CHECKPOINT,
+    Predictor,
+    add_prediction_options,
+    draw_contour,
+    postprocess,
+)
 from utils import CheckpointError, run_script  # noqa: E402
 
 RESULTS_DIR = Path("results")
@@ -105,18 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="original: the challenge's scoring; model: at the checkpoint's img_size "
                    "as train.py validates (to compare with its val_dice)")
     g = p.add_argument_group("prediction (--checkpoint)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="lesion probability threshold in (0, 1); default: the checkpoint's")
-    g.add_argument("--tta", action="store_true",
-                   help="average the probabilities over horizontal and vertical flips")
-    g.add_argument("--keep-largest", action="store_true",
-                   help="keep only the largest lesion region (also applies to --pred masks)")
-    g.add_argument("--fill-holes", action="store_true",
-                   help="fill holes inside the lesion (also applies to --pred masks)")
-    g.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: bf16 autocast where supported, else fp32 (as train.py)")
-    g.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_prediction_options(g)  # --keep-largest and --fill-holes also apply to --pred masks
     g = p.add_argument_group("output")
     g.add_argument("--output", default=None,
                    help="folder for the report (default: results/<checkpoint>_<data>)")
