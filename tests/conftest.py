@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from data.synthetic import generate_synthetic_isic
 # Test tensors are tiny: synchronising a second thread costs more than it saves.
 torch.set_num_threads(1)
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # A U-Net small enough to train for an epoch in a second or two on a CPU.
@@ -36,6 +40,15 @@ def tiny_checkpoint_dir(synthetic_root: Path, tmp_path_factory: pytest.TempPathF
     assert train.main(["--data", str(synthetic_root), "--checkpoint-dir", str(out),
                        *TINY_TRAIN_ARGS]) == 0
     return out
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (scripts/ is no package) as the module ``<name>_script``."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data(name: str) -> Path:

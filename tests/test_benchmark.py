@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from models import UNetConfig
+from tests.conftest import load_script
 from utils import cpu_supports_bf16
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 TINY = ["--device", "cpu", "--base-channels", "4", "--depth", "2", "--img-size", "32",
         "--batch-size", "2", "--seconds", "0.2", "--min-steps", "1", "--warmup", "1"]
 COLUMNS = ["setting", "train img/s", "inference img/s", "train speed-up", "inference speed-up",
@@ -21,15 +19,7 @@ COLUMNS = ["setting", "train img/s", "inference img/s", "train speed-up", "infer
 DEFAULT_MARK = " (train.py default)"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = load_script()
+benchmark = load_script("benchmark")
 
 
 def markdown_table(text: str) -> tuple[list[str], list[list[str]]]:

@@ -3,7 +3,6 @@ on tiny synthetic data sets."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import shutil
@@ -18,19 +17,11 @@ import train
 from data.cache import IMAGES_FILE, MASKS_FILE, prepare_splits
 from data.dataset import ISICDataset, eval_transforms, split_pairs, train_transforms
 from data.layouts import LAYOUTS, DatasetError, find_pairs
-from tests.conftest import TINY_TRAIN_ARGS
+from tests.conftest import TINY_TRAIN_ARGS, load_script
 
 CACHED_TRAIN_ARGS = [arg for arg in TINY_TRAIN_ARGS if arg != "--no-cache"]
 
 IMG_SIZE = 32
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("prepare_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write(path: Path, array: np.ndarray) -> Path:
@@ -297,7 +288,7 @@ def test_prepare_script_end_to_end(synthetic_root: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture) -> None:
     argv = ["--data", str(synthetic_root), "--img-size", "24", "--cache-dir", str(tmp_path),
             "--workers", "1", "--no-progress"]
-    prepare = load_script()
+    prepare = load_script("prepare")
     assert prepare.main(argv) == 0
     out = capsys.readouterr().out
     assert "32 samples ready at 24x24" in out and report_count(out, "pairs found") == [24, 8]
@@ -309,7 +300,8 @@ def test_prepare_script_end_to_end(synthetic_root: Path, tmp_path: Path,
 def test_prepare_script_missing_data_is_one_line(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "nowhere"
-    assert load_script().main(["--data", str(missing), "--cache-dir", str(tmp_path / "c")]) == 1
+    prepare = load_script("prepare")
+    assert prepare.main(["--data", str(missing), "--cache-dir", str(tmp_path / "c")]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1

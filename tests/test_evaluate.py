@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -29,21 +28,14 @@ from evaluation import (
     summarize,
     thresholded_jaccard,
 )
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "evaluate.py"
 VAL_IMAGES = "ISIC2018_Task1-2_Validation_Input"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = load_script()
+evaluate = load_script("evaluate")
 
 
 def mask(*rows: str) -> np.ndarray:
