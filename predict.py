@@ -301,15 +301,26 @@ def collect_inputs(patterns: Sequence[str]) -> list[Path]:
     return list(paths)
 
 
+OUTPUT_SUFFIXES = ("_segmentation.png", "_probability.png", "_overlay.jpg")
+
+
+def is_output(path: Path) -> bool:
+    """Whether ``path`` is named like a file this script writes (or an ISIC mask)."""
+    return path.name.endswith(OUTPUT_SUFFIXES)
+
+
 def _expand(pattern: str) -> list[Path]:
     path = Path(pattern)
     if path.is_dir():
-        return find_images(path)
+        # Masks and earlier outputs in the folder (--output may be the input folder) are no
+        # images to predict.
+        return [image for image in find_images(path) if not is_output(image)]
     if path.exists():
         return [path]  # named explicitly: taken whatever its extension
     # A pattern keeps only image files, as a folder does; folders it matches are listed.
     return [image for match in sorted(glob.glob(pattern, recursive=True))
-            for image in _expand(match) if image.suffix.lower() in IMAGE_EXTENSIONS]
+            for image in _expand(match)
+            if image.suffix.lower() in IMAGE_EXTENSIONS and not is_output(image)]
 
 
 def _check_unique_stems(paths: list[Path]) -> None:
@@ -368,17 +379,17 @@ def write_outputs(path: Path, prediction: Prediction, out_dir: Path,
                   args: argparse.Namespace) -> None:
     """``<stem>_segmentation.png`` (0/255, the image's size) and the optional outputs."""
     # Encoded arrays are passed as temporaries, freed before the next is made.
-    write_image(out_dir / f"{path.stem}_segmentation.png",
+    write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[0]}",
                 prediction.mask.view(np.uint8) * np.uint8(255))
     if args.save_probabilities:
-        write_image(out_dir / f"{path.stem}_probability.png",
+        write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[1]}",
                     cv2.convertScaleAbs(prediction.probabilities, alpha=255))
     if args.overlay:
         # Decoded again rather than kept, so that one full-size image at most is alive; in the
         # stored pixel orientation, as read_image (and the ISIC masks) use it.
         image = decode_file(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         draw_contour(image, prediction.mask)
-        write_image(out_dir / f"{path.stem}_overlay.jpg", image,
+        write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[2]}", image,
                     (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
 
 

@@ -43,10 +43,12 @@ from data.dataset import (
 from data.layouts import DatasetError, find_pairs
 from data.synthetic import ensure_synthetic_isic
 from models import UNetConfig, build_model, count_parameters
+from models.unet_parts import NORMS
 from utils import (
-    BCEDiceLoss,
+    LOSS_NAMES,
     CheckpointError,
     ModelEMA,
+    SegmentationLoss,
     autocast_dtype,
     binary_scores,
     load_checkpoint,
@@ -56,13 +58,14 @@ from utils import (
     seed_everything,
     select_device,
     set_rng_state,
-    soft_dice_loss,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent
 SYNTHETIC_DIR = REPO_ROOT / "data" / "synthetic"
-ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear")
-LOSSES = {"bce_dice": BCEDiceLoss, "dice": lambda: soft_dice_loss}
+ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear", "norm",
+                      "deep_supervision")
+# What runs saved before these flags existed were trained with.
+LEGACY_ARCHITECTURE = {"norm": "batch", "deep_supervision": False}
 
 # Named sets of defaults; flags given on the command line still win.
 # cpu-demo and cpu-budget were measured on a 2-core CPU (README, docs/experiments.md);
@@ -70,8 +73,9 @@ LOSSES = {"bce_dice": BCEDiceLoss, "dice": lambda: soft_dice_loss}
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": dict(data="synthetic", img_size=96, base_channels=16, epochs=6, batch_size=8,
                      lr=3e-3, warmup=0.05),
-    "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, batch_size=16, lr=1e-3,
-                       ema=0.99),
+    # --epochs is a ceiling: the --max-minutes budget ends the run (30 min: about 50 epochs).
+    "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=16,
+                       lr=1e-3, ema=0.99),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
                          ema=0.999, official_val=True),
 }
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--depth", type=int, default=4, help="number of down-sampling steps")
     g.add_argument("--bilinear", action="store_true",
                    help="bilinear upsampling + 1x1 conv instead of transposed convolutions")
+    g.add_argument("--norm", default="batch", choices=NORMS,
+                   help="BatchNorm, or GroupNorm (independent of the batch size)")
+    g.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=True,
+                   help="extra loss terms from 1x1 heads on the decoder's coarser levels "
+                   "(training only; on by default, measured in docs/experiments.md)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=50, help="number of epochs")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this many "
@@ -128,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-lr-ratio", type=float, default=0.01,
                    help="final learning rate as a fraction of --lr (cosine decay)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 is off")
-    g.add_argument("--loss", default="bce_dice", choices=sorted(LOSSES),
-                   help="bce_dice: BCE + soft Dice; dice: soft Dice alone")
+    g.add_argument("--loss", default="bce_dice", choices=LOSS_NAMES,
+                   help="a per-pixel term (bce, focal) + a per-image region term (dice; "
+                   "tversky: alpha 0.3, beta 0.7, favouring sensitivity); see utils.py")
     g.add_argument("--augment", default="default", choices=AUGMENTATIONS,
                    help="augmentation policy (see data/dataset.py: train_transforms)")
     g.add_argument("--ema", type=float, default=0.99, help="decay of an exponential moving "
@@ -164,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     explicit = vars(explicit_flags(parser, argv))
     settings.update(PRESETS.get(args.preset, {}))
     if args.resume:
-        saved = load_checkpoint(args.resume)["args"]
+        saved = {**LEGACY_ARCHITECTURE, **load_checkpoint(args.resume)["args"]}
         for name in ARCHITECTURE_FLAGS:
             if name in explicit and explicit[name] != saved[name]:
                 raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming "
@@ -440,14 +450,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     train_loader, val_loader = build_loaders(args, train_ds, val_ds, rank, world, device)
 
     # model, optimiser, precision
-    config = UNetConfig(base_channels=args.base_channels, depth=args.depth, bilinear=args.bilinear)
+    config = UNetConfig(base_channels=args.base_channels, depth=args.depth, bilinear=args.bilinear,
+                        norm=args.norm, deep_supervision=args.deep_supervision)
     model = build_model(config).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp_dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = LOSSES[args.loss]()
+    loss_fn = SegmentationLoss(args.loss)
     ema = ModelEMA(model, args.ema) if args.ema else None
     eval_model = ema.module if ema else model  # validated, and saved as "model"
 

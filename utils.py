@@ -1,4 +1,5 @@
-"""Training utilities: Dice loss, Dice/IoU metrics, checkpoints, seeding, device and precision.
+"""Training utilities: losses (BCE, focal, Dice, Tversky), Dice/IoU metrics, checkpoints,
+seeding, device and precision.
 
 Metrics follow segmentation_models.pytorch: count TP/FP/FN/TN per image first, then score each
 image, then average over images (never over pooled pixels or per batch).
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
 CHECKPOINT_FORMAT = "isic-unet"
 CHECKPOINT_VERSION = 1
@@ -27,37 +29,92 @@ CHECKPOINT_VERSION = 1
 # ---------------------------------------------------------------- losses
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice of sigmoid probabilities, computed per image, then averaged.
+def soft_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.5,
+                      beta: float = 0.5, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Tversky index ``TP / (TP + alpha FP + beta FN)`` of sigmoid probabilities,
+    computed per image, then averaged. ``alpha = beta = 0.5`` is the Dice loss; ``beta > alpha``
+    costs missed lesion pixels more than false alarms (higher sensitivity).
 
     Args:
         logits: ``(N, 1, H, W)`` or ``(N, H, W)`` raw scores, any real values.
         target: same shape, values in ``{0, 1}`` (or soft labels in ``[0, 1]``).
-        smooth: added to numerator and denominator; keeps empty masks well defined.
+        smooth: added to numerator and denominator (as ``smooth / 2``, so that the Dice case
+            is ``(2 TP + smooth) / (2 TP + FP + FN + smooth)``); keeps empty masks defined.
 
     Returns:
         Scalar in ``[0, 1]``.
     """
     probs = torch.sigmoid(logits.float()).flatten(1)
     target = target.float().flatten(1)
-    intersection = (probs * target).sum(1)
-    denominator = probs.sum(1) + target.sum(1)
-    dice = (2 * intersection + smooth) / (denominator + smooth)
-    return 1 - dice.mean()
+    tp = (probs * target).sum(1)
+    fp = (probs * (1 - target)).sum(1)
+    fn = ((1 - probs) * target).sum(1)
+    index = (tp + smooth / 2) / (tp + alpha * fp + beta * fn + smooth / 2)
+    return 1 - index.mean()
 
 
-class BCEDiceLoss(nn.Module):
-    """``bce_weight * BCE-with-logits + dice_weight * soft Dice loss``; shapes as in
-    :func:`soft_dice_loss`."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of sigmoid probabilities, per image, then averaged; shapes and range as in
+    :func:`soft_tversky_loss`."""
+    return soft_tversky_loss(logits, target, alpha=0.5, beta=0.5, smooth=smooth)
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+
+def tversky_recall_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Tversky loss with ``alpha = 0.3, beta = 0.7`` (Salehi et al., 2017)."""
+    return soft_tversky_loss(logits, target, alpha=0.3, beta=0.7)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy with logits over all pixels."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean focal loss (Lin et al., 2017; gamma 2, no class weighting): cross-entropy scaled
+    by ``(1 - p_t)**2``, so that pixels already classified well count little."""
+    return sigmoid_focal_loss(logits.float(), target.float(), alpha=-1, gamma=2.0,
+                              reduction="mean")
+
+
+PIXEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bce": bce_loss, "focal": focal_loss}
+REGION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "dice": soft_dice_loss, "tversky": tversky_recall_loss}
+LOSS_NAMES = ("bce_dice", "dice", "focal_dice", "bce_tversky", "tversky")
+
+
+class SegmentationLoss(nn.Module):
+    """A per-pixel term plus a per-image region term, named ``"<pixel>_<region>"`` (or just
+    ``"<region>"``): see :data:`LOSS_NAMES`.
+
+    ``forward(logits, target)``: ``logits`` ``(N, 1, H, W)`` raw scores, or under deep
+    supervision a tuple of them, full resolution first, then each level 2x coarser; ``target``
+    ``(N, 1, H, W)`` in ``{0, 1}``. Coarser levels are scored against the area-averaged target
+    with weights 1, 1/2, 1/4, ... normalised to sum to 1 (as nnU-Net does).
+    """
+
+    def __init__(self, name: str = "bce_dice") -> None:
         super().__init__()
-        self.bce_weight = bce_weight
-        self.dice_weight = dice_weight
+        if name not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSS_NAMES)}")
+        *pixel, region = name.split("_")
+        self.pixel = PIXEL_LOSSES[pixel[0]] if pixel else None
+        self.region = REGION_LOSSES[region]
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)
+    def single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.region(logits, target)
+        return loss + self.pixel(logits, target) if self.pixel else loss
+
+    def forward(self, logits: torch.Tensor | tuple[torch.Tensor, ...],
+                target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.single(logits, target)
+        weights = [0.5**level for level in range(len(logits))]
+        total = sum(
+            w * self.single(level, F.adaptive_avg_pool2d(target.float(), level.shape[-2:]))
+            for w, level in zip(weights, logits)
+        )
+        return total / sum(weights)
 
 
 # ---------------------------------------------------------------- metrics

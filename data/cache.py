@@ -40,8 +40,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from data.dataset import load_pair, resize_transform
-from data.imageio import CorruptFileError, decode_file
+from data.dataset import check_same_size, resize_transform
+from data.imageio import CorruptFileError, binarise_mask, decode_file, read_image
 from data.layouts import DatasetError, Pair, find_images, find_pairs, find_split_folders
 
 # Bump when the stored arrays would differ for the same files (resize method, mask encoding).
@@ -99,9 +99,11 @@ def decode_resized(job: tuple[Pair, int]) -> Decoded:
     """Decode one pair, check it and resize it to ``img_size`` (the job's second item)."""
     pair, img_size = job
     try:
-        image, mask = load_pair(pair)
-        # read_mask binarised the mask; the report wants to know whether that changed anything.
-        grey = has_grey_values(decode_file(pair.mask))
+        image, raw_mask = read_image(pair.image), decode_file(pair.mask)
+        mask = binarise_mask(raw_mask)
+        check_same_size(pair, image, mask)
+        # The report tells whether binarising changed anything.
+        grey = has_grey_values(raw_mask)
     except (CorruptFileError, OSError) as exc:
         return Decoded(problem=("unreadable", str(exc)))
     except DatasetError as exc:

@@ -84,14 +84,19 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         CorruptFileError: a file cannot be decoded (see :mod:`data.imageio`).
         DatasetError: image and mask differ in size.
     """
-    image = read_image(pair.image)
-    mask = read_mask(pair.mask)
-    if image.shape[:2] != mask.shape:
+    image, mask = read_image(pair.image), read_mask(pair.mask)
+    check_same_size(pair, image, mask)
+    return image, mask
+
+
+def check_same_size(pair: Pair, image: np.ndarray, mask: np.ndarray) -> None:
+    """Raises :class:`DatasetError` naming both files when ``image`` and ``mask`` of ``pair``
+    differ in height or width."""
+    if image.shape[:2] != mask.shape[:2]:
         raise DatasetError(
             f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but image {pair.image} "
             f"is {image.shape[1]}x{image.shape[0]}; they must have the same size"
         )
-    return image, mask
 
 
 class Source(Protocol):

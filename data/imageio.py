@@ -74,7 +74,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a lesion mask and binarise it.
+    """Read a lesion mask and binarise it (see :func:`binarise_mask`)."""
+    return binarise_mask(decode_file(path))
+
+
+def binarise_mask(array: np.ndarray) -> np.ndarray:
+    """A decoded mask as lesion (1) and background (0).
 
     Pixels above 127 are lesion (ISIC masks are 0/255); a mask whose maximum is 1 is taken to be
     a 0/1 mask. Colour masks use their first channel.
@@ -82,7 +87,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     Returns:
         ``(H, W)`` uint8 array with values in ``{0, 1}``.
     """
-    array = decode_file(path)
     if array.ndim == 3:
         array = array[:, :, 0]
     if array.max() == 1:

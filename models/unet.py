@@ -1,4 +1,5 @@
-"""The plain U-Net of Ronneberger et al. (2015), with BatchNorm and same-size padding."""
+"""The plain U-Net of Ronneberger et al. (2015), with BatchNorm and same-size padding; optional
+GroupNorm and deep supervision (auxiliary heads on the decoder, used in training only)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet_parts import DoubleConv, Down, OutConv, Up
+from models.unet_parts import NORMS, DoubleConv, Down, OutConv, Up
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class UNetConfig:
             about 31.0 M parameters at depth 4).
         depth: number of 2x down-sampling steps.
         bilinear: bilinear upsampling + 1x1 conv instead of transposed convolutions.
+        norm: ``"batch"`` (BatchNorm) or ``"group"`` (GroupNorm, for small batches).
+        deep_supervision: 1x1 logit heads on the decoder's coarser levels, whose outputs a
+            model in training mode returns too (for :class:`utils.SegmentationLoss`).
     """
 
     in_channels: int = 3
@@ -29,6 +33,8 @@ class UNetConfig:
     base_channels: int = 64
     depth: int = 4
     bilinear: bool = False
+    norm: str = "batch"
+    deep_supervision: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +47,9 @@ class UNet(nn.Module):
     ``(N, out_channels, H, W)`` (apply a sigmoid for lesion probabilities). Sizes that are not
     multiples of ``2**depth`` are zero-padded (the mean colour, after normalisation) on all
     sides and the logits cropped back.
+
+    With ``deep_supervision``, a model in training mode returns a tuple: those logits, then
+    logits at 1/2, 1/4, ... of the (padded) input size from ``depth - 1`` decoder levels.
     """
 
     def __init__(self, config: UNetConfig | None = None, **overrides: int | bool) -> None:
@@ -50,34 +59,57 @@ class UNet(nn.Module):
             config = UNetConfig(**{**config.to_dict(), **overrides})
         if config.depth < 1 or config.base_channels < 1:
             raise ValueError(f"depth and base_channels must be positive, got {config}")
+        if config.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {config.norm!r}")
         self.config = config
         widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
-        self.inc = DoubleConv(config.in_channels, widths[0])
-        self.downs = nn.ModuleList(Down(w, w * 2) for w in widths[:-1])
+        self.inc = DoubleConv(config.in_channels, widths[0], config.norm)
+        self.downs = nn.ModuleList(Down(w, w * 2, config.norm) for w in widths[:-1])
         self.ups = nn.ModuleList(
-            Up(w * 2, w, bilinear=config.bilinear) for w in reversed(widths[:-1])
+            Up(w * 2, w, bilinear=config.bilinear, norm=config.norm)
+            for w in reversed(widths[:-1])
         )
         self.outc = OutConv(widths[0], config.out_channels)
+        # Heads on the decoder outputs at 1/2, 1/4, ... of the input size, finest first.
+        self.aux_heads = nn.ModuleList(
+            OutConv(w, config.out_channels) for w in widths[1:-1]
+        ) if config.deep_supervision else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         height, width = x.shape[-2:]
         multiple = 2**self.config.depth
         pad_h, pad_w = -height % multiple, -width % multiple
-        if pad_h or pad_w:
-            top, left = pad_h // 2, pad_w // 2
-            x = F.pad(x, [left, pad_w - left, top, pad_h - top])
-            logits = self._forward_padded(x)
-            return logits[..., top:top + height, left:left + width]
-        return self._forward_padded(x)
+        if not (pad_h or pad_w):
+            return self._forward_padded(x)
+        top, left = pad_h // 2, pad_w // 2
+        outputs = self._forward_padded(F.pad(x, [left, pad_w - left, top, pad_h - top]))
+        box = (top, left, height, width)
+        if isinstance(outputs, torch.Tensor):
+            return crop(outputs, *box, scale=1)
+        return tuple(crop(out, *box, scale=2**level) for level, out in enumerate(outputs))
 
-    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_padded(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()  # the bottleneck
+        decoded = []
         for up in self.ups:
             x = up(x, skips.pop())
-        return self.outc(x)
+            decoded.append(x)
+        logits = self.outc(x)
+        if self.aux_heads is None or not self.training:
+            return logits
+        coarser = reversed(decoded[:-1])  # 1/2, 1/4, ... of the input size
+        return (logits, *(head(f) for head, f in zip(self.aux_heads, coarser)))
+
+
+def crop(x: torch.Tensor, top: int, left: int, height: int, width: int,
+         scale: int) -> torch.Tensor:
+    """The box ``(top, left, height, width)`` of full-resolution pixels, cut from ``x`` whose
+    pixels are ``scale`` times coarser (rounded outwards)."""
+    return x[..., top // scale:-(-(top + height) // scale),
+             left // scale:-(-(left + width) // scale)]
 
 
 def build_model(config: dict | UNetConfig) -> UNet:

@@ -12,9 +12,10 @@ uses by default (--precision auto, channels_last) is marked "train.py default". 
 each of them compiled (compiling takes minutes on a CPU); on CUDA, bf16 (fp16 before Ampere) +
 channels_last + compile is always measured, as the setting to use for long GPU runs.
 
-A training step is train.py's: forward under train.autocast, BCEDiceLoss, backward (with a
+A training step is train.py's: forward under train.autocast, the BCE + Dice loss, backward (with a
 GradScaler for fp16), gradient clipping and an AdamW step, with train.py's default
-hyper-parameters. Inference is a forward pass under torch.inference_mode. Inputs are random
+hyper-parameters, on the plain U-Net (as `--no-deep-supervision`; the deep-supervision heads are
+1x1 convolutions and add well under 1 % of the FLOPs). Inference is a forward pass under torch.inference_mode. Inputs are random
 tensors already on the device, so the numbers are the model's alone (see
 scripts/benchmark_loader.py for the data loader). Warm-up steps, which also compile, are not
 timed; each row is then timed for --seconds, and for at least --min-steps steps.
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from models import UNetConfig, build_model, count_parameters  # noqa: E402
-from utils import BCEDiceLoss, autocast_dtype, run_script, select_device  # noqa: E402
+from utils import SegmentationLoss, autocast_dtype, run_script, select_device  # noqa: E402
 
 TRAIN_DEFAULTS = train.parse_args([])
 COLUMNS = ("setting", "train img/s", "inference img/s", "train speed-up", "inference speed-up",
@@ -164,7 +165,7 @@ def flops_per_image(config: UNetConfig, img_size: int) -> dict[str, int]:
     with FlopCounterMode(display=False) as inference:
         model.eval()(image)
     with FlopCounterMode(display=False) as training:
-        BCEDiceLoss()(model.train()(image), mask).backward()
+        SegmentationLoss()(model.train()(image), mask).backward()
     return {"inference": inference.get_total_flops(), "train": training.get_total_flops()}
 
 
@@ -185,7 +186,7 @@ def training_step(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tenso
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_DEFAULTS.lr,
                                   weight_decay=TRAIN_DEFAULTS.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = BCEDiceLoss()
+    loss_fn = SegmentationLoss()
 
     def step() -> None:
         train.train_step(model, image, mask, optimizer, scaler, loss_fn, device, amp_dtype,

@@ -17,7 +17,7 @@ import train
 from data.dataset import ISICDataset, eval_transforms
 from models import build_model
 from tests.conftest import TINY_TRAIN_ARGS
-from utils import BCEDiceLoss, autocast_dtype, load_checkpoint
+from utils import SegmentationLoss, autocast_dtype, load_checkpoint
 
 TRAIN_PY = Path(train.__file__).resolve()
 CPU = torch.device("cpu")
@@ -55,7 +55,7 @@ def single_process_metrics(checkpoint: dict) -> dict[str, float]:
     _, val_pairs = train.load_splits(args, Path(args.data))
     loader = DataLoader(ISICDataset(val_pairs, eval_transforms(args.img_size)),
                         batch_size=args.batch_size)
-    metrics, _ = train.validate(model, loader, BCEDiceLoss(), CPU, args,
+    metrics, _ = train.validate(model, loader, SegmentationLoss(), CPU, args,
                                 autocast_dtype(args.precision, CPU))
     return metrics
 

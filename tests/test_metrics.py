@@ -12,8 +12,9 @@ import torch
 
 import utils
 from utils import (
-    BCEDiceLoss,
+    LOSS_NAMES,
     CheckpointError,
+    SegmentationLoss,
     autocast_dtype,
     binary_scores,
     confusion_counts,
@@ -26,6 +27,7 @@ from utils import (
     select_device,
     set_rng_state,
     soft_dice_loss,
+    soft_tversky_loss,
 )
 
 # Large enough that sigmoid() is 0 or 1 to float32 precision.
@@ -197,10 +199,11 @@ def test_soft_dice_loss_accepts_unbatched_channel() -> None:
         soft_dice_loss(logits[:, 0], target[:, 0].float()).item())
 
 
-def test_bce_dice_loss_decreases_toward_a_perfect_prediction() -> None:
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_loss_decreases_toward_a_perfect_prediction(name: str) -> None:
     generator = torch.Generator().manual_seed(0)
     target = (torch.rand(2, 1, 16, 16, generator=generator) < 0.4).float()
-    loss_fn = BCEDiceLoss()
+    loss_fn = SegmentationLoss(name)
     losses = [loss_fn((2 * target - 1) * confidence, target).item()
               for confidence in (-5.0, -1.0, 0.0, 0.5, 1.0, 2.0, 5.0, 20.0)]
     assert all(np.isfinite(losses))
@@ -208,20 +211,62 @@ def test_bce_dice_loss_decreases_toward_a_perfect_prediction() -> None:
     assert losses[-1] < 1e-3
 
 
-def test_bce_dice_loss_is_finite_for_extreme_logits_and_weights_its_parts() -> None:
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_every_loss_is_finite_for_extreme_logits_and_has_gradients(name: str) -> None:
     target = masks([[1, 0], [0, 1]]).float()
     for logits in (torch.full_like(target, 1e4), torch.full_like(target, -1e4)):
-        assert torch.isfinite(BCEDiceLoss()(logits, target))
-    logits = torch.tensor([[[[0.3, -1.2], [2.0, 0.1]]]])
-    dice_only = BCEDiceLoss(bce_weight=0.0)(logits, target)
-    assert dice_only.item() == pytest.approx(soft_dice_loss(logits, target).item())
-
-
-def test_bce_dice_loss_has_gradients() -> None:
+        assert torch.isfinite(SegmentationLoss(name)(logits, target))
     logits = torch.zeros(1, 1, 4, 4, requires_grad=True)
-    target = torch.ones(1, 1, 4, 4)
-    BCEDiceLoss()(logits, target).backward()
+    SegmentationLoss(name)(logits, torch.ones(1, 1, 4, 4)).backward()
     assert logits.grad is not None and (logits.grad < 0).all()  # raising logits helps
+
+
+def test_compound_losses_add_their_parts() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 1, 6, 6, generator=generator)
+    target = (torch.rand(2, 1, 6, 6, generator=generator) < 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    probs = torch.sigmoid(logits)
+    p_t = probs * target + (1 - probs) * (1 - target)
+    focal = ((1 - p_t) ** 2 * -torch.log(p_t)).mean()
+    tversky = soft_tversky_loss(logits, target, alpha=0.3, beta=0.7)
+    dice = soft_dice_loss(logits, target)
+    expected = {"dice": dice, "bce_dice": bce + dice, "focal_dice": focal + dice,
+                "tversky": tversky, "bce_tversky": bce + tversky}
+    assert set(expected) == set(LOSS_NAMES)
+    for name, value in expected.items():
+        assert SegmentationLoss(name)(logits, target).item() == pytest.approx(value.item(),
+                                                                              rel=1e-5), name
+
+
+def test_tversky_with_equal_weights_is_dice_and_recall_weights_punish_misses_more() -> None:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 1, 5, 5, generator=generator)
+    target = (torch.rand(3, 1, 5, 5, generator=generator) < 0.5).float()
+    assert soft_tversky_loss(logits, target).item() == pytest.approx(
+        soft_dice_loss(logits, target).item())
+    # Same Dice (TP 2 and FP + FN = 2 in both), but a miss costs more than a false alarm.
+    missed_two = confident_logits(masks([[1, 1, 0, 0]])), masks([[1, 1, 1, 1]]).float()
+    two_false_alarms = confident_logits(masks([[1, 1, 1, 1]])), masks([[1, 1, 0, 0]]).float()
+    assert soft_dice_loss(*missed_two).item() == pytest.approx(
+        soft_dice_loss(*two_false_alarms).item())
+    recall_loss = SegmentationLoss("tversky")
+    assert recall_loss(*missed_two) > recall_loss(*two_false_alarms) + 0.1
+
+
+def test_deep_supervision_loss_weights_coarser_levels_against_a_pooled_target() -> None:
+    generator = torch.Generator().manual_seed(3)
+    target = (torch.rand(2, 1, 8, 8, generator=generator) < 0.5).float()
+    full, half = torch.randn(2, 1, 8, 8, generator=generator), torch.randn(2, 1, 4, 4)
+    loss_fn = SegmentationLoss("bce_dice")
+    pooled = torch.nn.functional.avg_pool2d(target, 2)
+    expected = (loss_fn(full, target) + 0.5 * loss_fn(half, pooled)) / 1.5
+    assert loss_fn((full, half), target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_unknown_loss_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="bce_dice"):
+        SegmentationLoss("lovasz")
 
 
 # ---------------------------------------------------------------- checkpoints

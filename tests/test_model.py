@@ -73,9 +73,10 @@ def test_count_parameters_ignores_frozen_parameters() -> None:
     assert count_parameters(model) == total - frozen
 
 
-@pytest.mark.parametrize("bilinear", [False, True])
-def test_build_model_rebuilds_from_config_dict(bilinear: bool) -> None:
-    original = tiny_unet(bilinear=bilinear)
+@pytest.mark.parametrize("overrides", [{}, {"bilinear": True}, {"norm": "group"},
+                                       {"deep_supervision": True}])
+def test_build_model_rebuilds_from_config_dict(overrides: dict) -> None:
+    original = tiny_unet(**overrides)
     rebuilt = build_model(original.config.to_dict())
     assert rebuilt.config == original.config
     original_shapes = {k: v.shape for k, v in original.state_dict().items()}
@@ -103,3 +104,34 @@ def test_build_model_refuses_unknown_keys() -> None:
 def test_nonpositive_sizes_raise(bad: dict) -> None:
     with pytest.raises(ValueError, match="positive"):
         UNet(UNetConfig(**bad))
+
+
+def test_group_norm_trains_on_a_single_image_and_has_no_running_statistics() -> None:
+    model = tiny_unet(norm="group").train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not list(model.buffers())
+    logits = model(torch.randn(1, 3, 16, 16))
+    logits.mean().backward()
+    assert logits.shape == (1, 1, 16, 16)
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(ValueError, match="group"):
+        UNet(UNetConfig(norm="instance"))
+
+
+@pytest.mark.parametrize("height, width", [(32, 48), (13, 21)])
+def test_deep_supervision_adds_coarser_logits_in_training_only(height: int, width: int) -> None:
+    model = UNet(UNetConfig(base_channels=4, depth=3, deep_supervision=True)).train()
+    outputs = model(torch.randn(2, 3, height, width))
+    # Full size, then 1/2 and 1/4 (rounded up: padded borders that hold image pixels stay).
+    assert [tuple(o.shape[-2:]) for o in outputs] == [
+        (height, width), (-(-height // 2), -(-width // 2)), (-(-height // 4), -(-width // 4))]
+    sum(o.mean() for o in outputs).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    plain = UNet(UNetConfig(base_channels=4, depth=3))
+    plain.load_state_dict(model.state_dict(), strict=False)  # the same weights, without heads
+    model.eval(), plain.eval()
+    x = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))

@@ -184,6 +184,19 @@ def test_files_folders_and_globs_in_one_call(tmp_path, checkpoint, capsys):
     assert read_png(out / "y1_segmentation.png").shape == (42, 52)
 
 
+def test_predicting_into_the_input_folder_twice_skips_the_outputs(tmp_path, checkpoint,
+                                                                 capsys):
+    folder = tmp_path / "photos"
+    write(folder / "x1.png", noise_image(40, 50))
+    write(folder / "x2.jpg", noise_image(41, 51))
+    for _ in range(2):
+        rc = run_predict(checkpoint, "--input", str(folder), str(folder / "*.png"),
+                         "--output", str(folder), "--overlay", "--save-probabilities")
+        assert rc == 0
+        assert summary(capsys.readouterr().out) == (2, 2, 0)
+    assert len(list(folder.iterdir())) == 2 + 2 * 3
+
+
 def test_bad_files_are_reported_and_the_others_still_processed(tmp_path, checkpoint, capsys):
     folder = tmp_path / "in"
     write(folder / "good.png", noise_image(30, 40))

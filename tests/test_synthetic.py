@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -176,3 +178,29 @@ def test_refuses_to_replace_unrelated_folder(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         generate_synthetic_isic(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+FORKED_LOADER = """
+import sys
+from torch.utils.data import DataLoader
+from data.dataset import ISICDataset, train_transforms
+from data.layouts import find_pairs
+from data.synthetic import ensure_synthetic_isic
+
+root = ensure_synthetic_isic(sys.argv[1], n_train=8, n_val=2, height=48, width=64)
+dataset = ISICDataset(find_pairs(root, "train"), train_transforms(32))
+loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")
+print(sum(len(batch["id"]) for batch in loader))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_loader_workers_forked_after_generating_in_the_same_process_do_not_hang(
+        tmp_path: Path) -> None:
+    # `python train.py --preset cpu-demo` generates the data, then forks its DataLoader
+    # workers; OpenCV's thread pool, once started, would hang them in their first cv2 call.
+    result = subprocess.run([sys.executable, "-c", FORKED_LOADER, str(tmp_path / "synthetic")],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8"]

@@ -61,8 +61,9 @@ def test_checkpoint_contents(tiny_checkpoint_dir: Path, synthetic_root: Path) ->
     assert set(best) >= COMMON_KEYS and not RESUME_KEYS & set(best)  # best.pt: weights only
     assert set(last) >= COMMON_KEYS | RESUME_KEYS
     for checkpoint in (best, last):
-        assert checkpoint["model_config"] == {"in_channels": 3, "out_channels": 1,
-                                              "base_channels": 4, "depth": 2, "bilinear": False}
+        assert checkpoint["model_config"] == {
+            "in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2,
+            "bilinear": False, "norm": "batch", "deep_supervision": True}
         assert checkpoint["img_size"] == 32 and checkpoint["threshold"] == 0.5
         assert checkpoint["normalization"] == {"mean": list(IMAGENET_MEAN),
                                                "std": list(IMAGENET_STD)}
@@ -282,3 +283,33 @@ def test_ema_is_saved_as_the_model_and_resumes(synthetic_root: Path, tmp_path: P
     resumed = load_checkpoint(tmp_path / "last.pt")
     assert resumed["ema_updates"] == resumed["step"] == 2 * last["step"]
     assert resumed["args"]["ema"] == 0.9 and resumed["args"]["loss"] == "dice"
+
+
+def test_group_norm_and_deep_supervision_train_and_predict(synthetic_root: Path,
+                                                           tmp_path: Path) -> None:
+    from predict import Predictor
+
+    assert train.main(tiny_args(synthetic_root, tmp_path, "--norm", "group",
+                                "--deep-supervision", "--loss", "focal_dice")) == 0
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["model_config"]["norm"] == "group"
+    assert best["model_config"]["deep_supervision"]
+    assert any(key.startswith("aux_heads.") for key in best["model"])
+    image = np.zeros((40, 50, 3), np.uint8)
+    prediction = Predictor(tmp_path / "best.pt", device="cpu").predict(image)
+    assert prediction.mask.shape == (40, 50)
+    with pytest.raises(ValueError, match="--norm"):
+        train.parse_args(["--resume", str(tmp_path / "last.pt"), "--norm", "batch"])
+
+
+def test_a_run_saved_before_the_norm_and_deep_supervision_flags_resumes(
+        synthetic_root: Path, tmp_path: Path) -> None:
+    assert train.main(tiny_args(synthetic_root, tmp_path, "--no-deep-supervision")) == 0
+    last = load_checkpoint(tmp_path / "last.pt")
+    for name in ("norm", "deep_supervision"):
+        del last["args"][name], last["model_config"][name]
+    torch.save(last, tmp_path / "last.pt")
+    assert train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "2"]) == 0
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    assert resumed["epoch"] == 2 and not resumed["args"]["deep_supervision"]
+    assert not any(key.startswith("aux_heads.") for key in resumed["model"])
