@@ -49,7 +49,8 @@ class UNet(nn.Module):
     sides and the logits cropped back.
 
     With ``deep_supervision``, a model in training mode returns a tuple: those logits, then
-    logits at 1/2, 1/4, ... of the (padded) input size from ``depth - 1`` decoder levels.
+    logits from ``depth - 1`` decoder levels at 1/2, 1/4, ... of the input size (rounded up);
+    in eval mode it returns the logits alone, so that prediction is unchanged.
     """
 
     def __init__(self, config: UNetConfig | None = None, **overrides: int | bool) -> None:

@@ -15,10 +15,11 @@ channels_last + compile is always measured, as the setting to use for long GPU r
 A training step is train.py's: forward under train.autocast, the BCE + Dice loss, backward (with a
 GradScaler for fp16), gradient clipping and an AdamW step, with train.py's default
 hyper-parameters, on the plain U-Net (as `--no-deep-supervision`; the deep-supervision heads are
-1x1 convolutions and add well under 1 % of the FLOPs). Inference is a forward pass under torch.inference_mode. Inputs are random
-tensors already on the device, so the numbers are the model's alone (see
-scripts/benchmark_loader.py for the data loader). Warm-up steps, which also compile, are not
-timed; each row is then timed for --seconds, and for at least --min-steps steps.
+1x1 convolutions and add well under 1 % of the FLOPs). Inference is a forward pass under
+torch.inference_mode. Inputs are random tensors already on the device, so the numbers are the
+model's alone (see scripts/benchmark_loader.py for the data loader). Warm-up steps, which also
+compile, are not timed; each row is then timed for --seconds, and for at least --min-steps
+steps.
 
 FLOPs per image are counted by torch.utils.flop_counter.FlopCounterMode (convolutions and
 matrix products; a training step counts forward and backward, not the optimiser). Peak memory
