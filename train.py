@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=16, help="images per step per process")
     g.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    g.add_argument("--warmup", type=float, default=0.03,
-                   help="fraction of training spent warming the learning rate up")
+    g.add_argument("--warmup", type=float, default=0.1,
+                   help="fraction of training spent warming the learning rate up (0.1: measured in "
+                   "docs/experiments.md)")
     g.add_argument("--min-lr-ratio", type=float, default=0.01,
                    help="final learning rate as a fraction of --lr (cosine decay)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 is off")
