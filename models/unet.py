@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.unet_parts import NORMS, DoubleConv, Down, OutConv, Up
+from models.unet_parts import DoubleConv, Down, OutConv, Up
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ class UNet(nn.Module):
             config = UNetConfig(**{**config.to_dict(), **overrides})
         if config.depth < 1 or config.base_channels < 1:
             raise ValueError(f"depth and base_channels must be positive, got {config}")
-        if config.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {config.norm!r}")
         self.config = config
         widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
         self.inc = DoubleConv(config.in_channels, widths[0], config.norm)
@@ -94,12 +92,14 @@ class UNet(nn.Module):
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()  # the bottleneck
-        decoded = []
+        with_aux = self.aux_heads is not None and self.training
+        decoded = []  # kept only for the auxiliary heads, so inference frees them as it goes
         for up in self.ups:
             x = up(x, skips.pop())
-            decoded.append(x)
+            if with_aux:
+                decoded.append(x)
         logits = self.outc(x)
-        if self.aux_heads is None or not self.training:
+        if not with_aux:
             return logits
         coarser = reversed(decoded[:-1])  # 1/2, 1/4, ... of the input size
         return (logits, *(head(f) for head, f in zip(self.aux_heads, coarser)))
