@@ -197,9 +197,9 @@ sys.exit(train.main(["--data", str(root), "--img-size", "32", "--base-channels",
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
 def test_loader_workers_forked_after_generating_in_the_same_process_do_not_hang(
         tmp_path: Path) -> None:
-    # OpenCV's thread pool, once started by the generator, would hang the forked workers (they
-    # call cv2.setNumThreads first). Checked: without the fix in ensure_synthetic_isic this run
-    # never finishes; with it, it takes a few seconds.
+    # OpenCV's thread pool, once started by the generator, hangs the forked workers. Checked:
+    # without the fix in ensure_synthetic_isic this run never finishes (a bare DataLoader over
+    # the same data did not hang, so the test goes through train.main); with it, a few seconds.
     command = [sys.executable, "-c", GENERATE_THEN_TRAIN, str(tmp_path / "synthetic"),
                str(tmp_path / "runs")]
     try:
