@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from models import UNetConfig, build_model, count_parameters  # noqa: E402
+from models.unet_parts import NORMS  # noqa: E402
 from utils import SegmentationLoss, autocast_dtype, run_script, select_device  # noqa: E402
 
 TRAIN_DEFAULTS = train.parse_args([])
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width of the first U-Net level (64: the paper's 31 M parameters)")
     p.add_argument("--depth", type=int, default=TRAIN_DEFAULTS.depth,
                    help="number of down-sampling steps")
+    p.add_argument("--norm", default=TRAIN_DEFAULTS.norm, choices=NORMS,
+                   help="GroupNorm or BatchNorm layers")
     p.add_argument("--img-size", type=int, default=TRAIN_DEFAULTS.img_size,
                    help="square image size in pixels")
     p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size,
@@ -252,7 +255,8 @@ def benchmark(options: argparse.Namespace) -> dict:
     check_options(options)
     device = select_device(options.device)
     train.configure_backends(device)
-    config = UNetConfig(base_channels=options.base_channels, depth=options.depth)
+    config = UNetConfig(base_channels=options.base_channels, depth=options.depth,
+                        norm=options.norm)
     flops = flops_per_image(config, options.img_size)
     rows = []
     for setting in settings_to_measure(device, options.compile):

@@ -63,7 +63,7 @@ def test_checkpoint_contents(tiny_checkpoint_dir: Path, synthetic_root: Path) ->
     for checkpoint in (best, last):
         assert checkpoint["model_config"] == {
             "in_channels": 3, "out_channels": 1, "base_channels": 4, "depth": 2,
-            "bilinear": False, "norm": "batch", "deep_supervision": True}
+            "bilinear": False, "norm": "group", "deep_supervision": True}
         assert checkpoint["img_size"] == 32 and checkpoint["threshold"] == 0.5
         assert checkpoint["normalization"] == {"mean": list(IMAGENET_MEAN),
                                                "std": list(IMAGENET_STD)}
@@ -285,26 +285,28 @@ def test_ema_is_saved_as_the_model_and_resumes(synthetic_root: Path, tmp_path: P
     assert resumed["args"]["ema"] == 0.9 and resumed["args"]["loss"] == "dice"
 
 
-def test_group_norm_and_deep_supervision_train_and_predict(synthetic_root: Path,
-                                                           tmp_path: Path) -> None:
+def test_batch_norm_trains_predicts_and_is_kept_on_resume(synthetic_root: Path,
+                                                          tmp_path: Path) -> None:
     from predict import Predictor
 
-    assert train.main(tiny_args(synthetic_root, tmp_path, "--norm", "group",
-                                "--deep-supervision", "--loss", "focal_dice")) == 0
+    assert train.main(tiny_args(synthetic_root, tmp_path, "--norm", "batch",
+                                "--loss", "focal_dice")) == 0
     best = load_checkpoint(tmp_path / "best.pt")
-    assert best["model_config"]["norm"] == "group"
+    assert best["model_config"]["norm"] == "batch"
     assert best["model_config"]["deep_supervision"]
     assert any(key.startswith("aux_heads.") for key in best["model"])
+    assert any(key.endswith("running_mean") for key in best["model"])
     image = np.zeros((40, 50, 3), np.uint8)
     prediction = Predictor(tmp_path / "best.pt", device="cpu").predict(image)
     assert prediction.mask.shape == (40, 50)
     with pytest.raises(ValueError, match="--norm"):
-        train.parse_args(["--resume", str(tmp_path / "last.pt"), "--norm", "batch"])
+        train.parse_args(["--resume", str(tmp_path / "last.pt"), "--norm", "group"])
 
 
 def test_a_run_saved_before_the_norm_and_deep_supervision_flags_resumes(
         synthetic_root: Path, tmp_path: Path) -> None:
-    assert train.main(tiny_args(synthetic_root, tmp_path, "--no-deep-supervision")) == 0
+    assert train.main(tiny_args(synthetic_root, tmp_path, "--norm", "batch",
+                                "--no-deep-supervision")) == 0
     last = load_checkpoint(tmp_path / "last.pt")
     for name in ("norm", "deep_supervision"):
         del last["args"][name], last["model_config"][name]
