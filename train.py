@@ -73,7 +73,7 @@ LEGACY_ARCHITECTURE = {"norm": "batch", "deep_supervision": False}
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": dict(data="synthetic", img_size=96, base_channels=16, epochs=6, batch_size=8,
                      lr=3e-3, warmup=0.05),
-    # --epochs is a ceiling: the --max-minutes budget ends the run (30 min: about 40 epochs).
+    # --epochs is a ceiling: the --max-minutes budget ends the run (30 min, 2 cores: 29 epochs).
     "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
                        lr=1e-3, ema=0.99),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,

@@ -47,6 +47,7 @@ def test_tiny_cpu_benchmark_reports_every_setting(tmp_path: Path,
 
     results = json.loads(json_path.read_text())
     assert [row["setting"] for row in results["rows"]] == names
+    assert results["model"]["norm"] == "group"  # train.py's default, as --norm's
     flops = results["flops_per_image"]
     for row in results["rows"]:
         for phase in ("train", "inference"):
