@@ -35,7 +35,8 @@ import torch
 from scipy.spatial import KDTree
 
 from data.imageio import decode_file
-from utils import confusion_counts, dice_from_counts, iou_from_counts, ratio_or_one
+from data.layouts import DatasetError
+from utils import confusion_counts, scores_from_counts
 
 MASK_THRESHOLD = 128
 JACCARD_THRESHOLD = 0.65
@@ -63,13 +64,13 @@ def read_scored_mask(path: str | Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError, CorruptFileError: the file is missing or cannot be decoded.
-        ValueError: the mask has non-zero values but none above 128 (a 0/1 mask, say), which
+        DatasetError: the mask has non-zero values but none above 128 (a 0/1 mask, say), which
             the scorer would read as empty.
     """
     values = decode_file(path, cv2.IMREAD_GRAYSCALE)
     top = int(values.max())
     if 0 < top <= MASK_THRESHOLD:
-        raise ValueError(
+        raise DatasetError(
             f"{path} has values up to {top} only, so the ISIC rule (lesion > {MASK_THRESHOLD}) "
             "finds no lesion in it; write masks with lesion pixels 255 (e.g. a 0/1 mask * 255)"
         )
@@ -87,14 +88,14 @@ def fit_to_truth(pred: np.ndarray, truth_shape: tuple[int, int], name: str,
         resize: resize a prediction of another size instead of refusing it.
 
     Raises:
-        ValueError: the sizes differ and ``resize`` is false (the challenge rejected such
+        DatasetError: the sizes differ and ``resize`` is false (the challenge rejected such
             submissions).
     """
     if pred.shape == tuple(truth_shape):
         return pred
     height, width = truth_shape
     if not resize:
-        raise ValueError(
+        raise DatasetError(
             f"prediction {name} is {pred.shape[1]}x{pred.shape[0]} but its ground truth is "
             f"{width}x{height}; predict at the original size, or pass --resize-pred to resize "
             "it (nearest neighbour)"
@@ -126,17 +127,11 @@ def overlap_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """
     _check_masks(pred, truth)
     counts = confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
-    tp, fp, fn, tn = (counts[key] for key in COUNTS)
-    jaccard = float(iou_from_counts(counts))
-    scores = {
-        "dice": float(dice_from_counts(counts)),
-        "jaccard": jaccard,
-        "threshold_jaccard": thresholded_jaccard(jaccard),
-        "sensitivity": float(ratio_or_one(tp, tp + fn)),
-        "specificity": float(ratio_or_one(tn, tn + fp)),
-        "accuracy": float(ratio_or_one(tp + tn, tp + fp + fn + tn)),
-    }
-    return {**scores, **{key: int(counts[key]) for key in COUNTS}}
+    scores = {name: float(value) for name, value in scores_from_counts(counts).items()}
+    jaccard = scores.pop("iou")
+    return {"dice": scores.pop("dice"), "jaccard": jaccard,
+            "threshold_jaccard": thresholded_jaccard(jaccard), **scores,
+            **{key: int(counts[key]) for key in COUNTS}}
 
 
 def thresholded_jaccard(jaccard: float) -> float:

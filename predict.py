@@ -1,12 +1,15 @@
-"""Predict lesion masks for new images with a trained checkpoint, in the ISIC submission format.
+"""Predict lesion masks for new images, in the ISIC submission format.
 
     python predict.py --input img.jpg                     # -> results/img_segmentation.png
     python predict.py --input photos/ 'more/*.png' --overlay --tta --output masks/
 
 Each mask is a one-channel 8-bit PNG of values 0 and 255 with the input image's height and
-width: the model's logits are resized to the original size and thresholded there. The model,
-image size, normalisation and threshold come from the checkpoint. The :class:`Predictor` API is
-what the notebook and the evaluation script use.
+width, in the orientation image viewers show it in (a JPEG's EXIF orientation applied): the
+model's logits are resized to the original size and thresholded there. The model, image size,
+normalisation and threshold come from the model file: ``--checkpoint`` (a ``best.pt`` of
+train.py, or an exported ``.safetensors``), else ``models/checkpoints/best.pt`` when you have
+trained one, else the ISIC model bundled in ``models/pretrained/``. The :class:`Predictor` API
+is what the notebook, torch.hub and the evaluation script use.
 """
 
 from __future__ import annotations
@@ -26,17 +29,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.device import Hardware, add_hardware_options
+from common.errors import FlagError, MissingFileError, run_script
 from data.dataset import eval_transforms
-from data.imageio import IMAGE_EXTENSIONS, CorruptFileError, decode_file, read_image
+from data.imageio import IMAGE_EXTENSIONS, CorruptFileError, read_image, read_image_bgr
 from data.layouts import find_images
-from models import build_model
-from utils import CheckpointError, autocast_dtype, load_checkpoint, run_script, select_device
+from models.bundled import default_model, describe_model
+from models.checkpoint import load_model_file
 
-DEFAULT_CHECKPOINT = "models/checkpoints/best.pt"
 DEFAULT_OUTPUT = "results"
-REQUIRED_KEYS = ("model", "model_config", "img_size", "normalization", "threshold")
-# Left out of Predictor.checkpoint: the weights are in the model, the rest is for resuming.
-BULKY_KEYS = ("model", "optimizer", "scaler", "rng")
 # Probabilities are clamped this far from 0 and 1 before the logit, which would be infinite.
 TTA_EPS = 1e-6
 FLIPS = ((), (-1,), (-2,), (-2, -1))
@@ -114,14 +115,16 @@ def draw_contour(image: np.ndarray, mask: np.ndarray,
 
 
 class Predictor:
-    """A checkpoint loaded once, ready to predict images of any size.
+    """A model loaded once, ready to predict images of any size.
 
     Images go through exactly the validation transform of training (square resize with
-    ``INTER_AREA``, the checkpoint's normalisation); the logits are resized back to the image's
+    ``INTER_AREA``, the model's normalisation); the logits are resized back to the image's
     size with ``INTER_LINEAR`` and thresholded there.
 
     Args:
-        checkpoint: a ``best.pt`` or ``last.pt`` written by ``train.py``.
+        checkpoint: a ``best.pt`` or ``last.pt`` written by ``train.py``, or a
+            ``.safetensors`` export; ``None``: :func:`models.bundled.default_model` (your
+            ``models/checkpoints/best.pt``, else the bundled ISIC model).
         device: ``auto`` (CUDA, MPS, CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         threshold: probability above which a pixel is lesion, in ``(0, 1)``; default the
             checkpoint's.
@@ -132,30 +135,32 @@ class Predictor:
         precision: ``auto`` (bf16 autocast where the hardware has it), ``fp32``, ``bf16``,
             ``fp16``; as in ``train.py``.
 
+    Attributes:
+        checkpoint_path: the model file in use.
+        info: how the model was trained (``epoch``, ``metrics``, ``args``; what the file
+            recorded).
+
     Raises:
-        CheckpointError: the checkpoint is missing, unsafe or not of this project.
-        ValueError: a bad threshold, batch size, device or precision.
+        CheckpointError: the model file is missing, unsafe or not of this project.
+        FlagError: a bad threshold, batch size, device or precision.
     """
 
-    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str = "auto",
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  threshold: float | None = None, tta: bool = False, keep_largest: bool = False,
                  fill_holes: bool = False, batch_size: int = 8, precision: str = "auto") -> None:
         if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        self.device = select_device(device)
-        self.amp_dtype = autocast_dtype(precision, self.device)
-        self.checkpoint_path = Path(checkpoint)
-        payload = _load_payload(checkpoint)
-        self.model = _build_model(payload, checkpoint).to(self.device).eval()
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.checkpoint: dict[str, Any] = {
-            k: v for k, v in payload.items() if k not in BULKY_KEYS}
-        self.img_size = int(payload["img_size"])
-        self.mean = tuple(payload["normalization"]["mean"])
-        self.std = tuple(payload["normalization"]["std"])
-        self.threshold = float(payload["threshold"] if threshold is None else threshold)
+            raise FlagError(f"--batch-size must be at least 1, got {batch_size}")
+        self.hardware = Hardware.choose(device, precision)
+        self.device = self.hardware.device
+        self.checkpoint_path = Path(checkpoint) if checkpoint is not None else default_model()
+        bundle = load_model_file(self.checkpoint_path)
+        self.model = self.hardware.module(bundle.build())
+        self.info: dict[str, Any] = bundle.info
+        self.img_size = bundle.img_size
+        self.mean, self.std = bundle.mean, bundle.std
+        self.threshold = bundle.threshold if threshold is None else float(threshold)
         if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+            raise FlagError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
         self.tta = tta
         self.keep_largest = keep_largest
         self.fill_holes = fill_holes
@@ -177,7 +182,7 @@ class Predictor:
         With ``tta``: the logit of the mean probability over the flips, clamped to
         ``logit(1e-6) .. logit(1 - 1e-6)``.
         """
-        batch = batch.to(self.device, memory_format=torch.channels_last)
+        batch = self.hardware.images(batch)
         if not self.tta:
             return self._forward(batch)
         probabilities = sum(_flip(torch.sigmoid(self._forward(_flip(batch, dims))), dims)
@@ -185,8 +190,7 @@ class Predictor:
         return torch.logit(probabilities, eps=TTA_EPS)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):
+        with self.hardware.autocast():
             return self.model(batch).float()
 
     def predict(self, image: np.ndarray) -> Prediction:
@@ -216,25 +220,6 @@ class Predictor:
         return Prediction(probabilities=probabilities, mask=mask)
 
 
-def _load_payload(path: str | Path) -> dict[str, Any]:
-    payload = load_checkpoint(path)
-    missing = [key for key in REQUIRED_KEYS if key not in payload]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; use a best.pt or last.pt "
-                              "written by this project's train.py")
-    return payload
-
-
-def _build_model(payload: dict[str, Any], path: str | Path) -> torch.nn.Module:
-    try:
-        model = build_model(payload["model_config"])
-        model.load_state_dict(payload["model"])
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not hold a U-Net of this project "
-                              f"({str(exc).splitlines()[0][:200]})") from exc
-    return model
-
-
 def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return batch.flip(dims) if dims else batch
 
@@ -254,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=DEFAULT_OUTPUT,
                    help="folder for <stem>_segmentation.png and the optional outputs "
                    "(default: %(default)s)")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="checkpoint written by train.py (default: %(default)s)")
+    p.add_argument("--checkpoint", default=None,
+                   help="best.pt of train.py or an exported .safetensors (default: "
+                   "models/checkpoints/best.pt if you trained one, else the bundled ISIC model)")
     p.add_argument("--overlay", action="store_true",
                    help="also write <stem>_overlay.jpg, the image with the lesion outlined")
     p.add_argument("--save-probabilities", action="store_true",
@@ -274,27 +260,31 @@ def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentG
                         help="keep only the largest connected lesion region")
     parser.add_argument("--fill-holes", action="store_true",
                         help="fill holes inside the lesion")
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU; the default), cpu, cuda, cuda:1")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="auto (the default): bf16 autocast where supported, else fp32")
+    add_hardware_options(parser)
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images per forward pass, after resizing to the model's size "
                         "(default: %(default)s)")
+
+
+def predictor_from_args(args: argparse.Namespace) -> Predictor:
+    """The :class:`Predictor` of the options :func:`add_prediction_options` defines."""
+    return Predictor(args.checkpoint, device=args.device, threshold=args.threshold,
+                     tta=args.tta, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
+                     batch_size=args.batch_size, precision=args.precision)
 
 
 def collect_inputs(patterns: Sequence[str]) -> list[Path]:
     """Image files named by files, folders and glob patterns, in order, without duplicates.
 
     Raises:
-        FileNotFoundError: a pattern matches nothing, or a folder holds no image.
-        ValueError: two inputs share a stem, so their masks would overwrite each other.
+        MissingFileError: a pattern matches nothing, or a folder holds no image.
+        FlagError: two inputs share a stem, so their masks would overwrite each other.
     """
     paths: dict[Path, None] = {}  # an ordered set
     for pattern in patterns:
         matches = _expand(pattern)
         if not matches:
-            raise FileNotFoundError(f"--input {pattern} matches no image file "
+            raise MissingFileError(f"--input {pattern} matches no image file "
                                     f"({', '.join(IMAGE_EXTENSIONS)})")
         paths.update(dict.fromkeys(path.resolve() for path in matches))
     _check_unique_stems(list(paths))
@@ -327,7 +317,7 @@ def _check_unique_stems(paths: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in paths:
         if path.stem in seen:
-            raise ValueError(f"{seen[path.stem]} and {path} would both write "
+            raise FlagError(f"{seen[path.stem]} and {path} would both write "
                              f"{path.stem}_segmentation.png; predict them into different "
                              "--output folders")
         seen[path.stem] = path
@@ -385,9 +375,8 @@ def write_outputs(path: Path, prediction: Prediction, out_dir: Path,
         write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[1]}",
                     cv2.convertScaleAbs(prediction.probabilities, alpha=255))
     if args.overlay:
-        # Decoded again rather than kept, so that one full-size image at most is alive; in the
-        # stored pixel orientation, as read_image (and the ISIC masks) use it.
-        image = decode_file(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        # Decoded again rather than kept, so that one full-size image at most is alive.
+        image = read_image_bgr(path)
         draw_contour(image, prediction.mask)
         write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[2]}", image,
                     (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
@@ -403,10 +392,8 @@ def write_image(path: Path, array: np.ndarray, params: Sequence[int] = ()) -> No
 
 def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.input)
-    predictor = Predictor(args.checkpoint, device=args.device, threshold=args.threshold,
-                          tta=args.tta, keep_largest=args.keep_largest,
-                          fill_holes=args.fill_holes, batch_size=args.batch_size,
-                          precision=args.precision)
+    predictor = predictor_from_args(args)
+    print(describe_model(predictor.checkpoint_path), flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as progress:

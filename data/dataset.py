@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from common.errors import FlagError
 from data.imageio import read_image, read_mask
 from data.layouts import DatasetError, Pair
 
@@ -49,7 +50,7 @@ def train_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
     time, plus blur).
     """
     if policy not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation policy {policy!r}; use one of {AUGMENTATIONS}")
+        raise FlagError(f"unknown augmentation policy {policy!r}; use one of {AUGMENTATIONS}")
     steps = [resize_transform(img_size), A.HorizontalFlip(), A.VerticalFlip(),
              A.RandomRotate90()]
     if policy == "default":
@@ -131,7 +132,7 @@ class ISICDataset(Dataset):
 
     Items are dicts: ``image`` float32 ``(3, S, S)`` normalised, ``mask`` float32 ``(1, S, S)``
     in ``{0, 1}``, ``id`` str. A key may be an index or ``(index, seed)`` (see
-    :class:`SeededSampler`): the seed fixes the random augmentation of that item, so that runs
+    :class:`EpochSampler`): the seed fixes the random augmentation of that item, so that runs
     are reproducible whatever the number of workers.
     """
 
@@ -164,46 +165,36 @@ def init_loader_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-class SeededSampler(Sampler):
-    """Wraps an index sampler and yields ``(index, seed)`` with a seed fixed by
-    (base seed, epoch, index), so that augmentation is reproducible and resumable."""
+class EpochSampler(Sampler):
+    """The training order of one process: each epoch a seeded permutation of the whole data set
+    (the same whatever the number of processes), from position ``start`` on, dealt out to the
+    ``world`` processes in turn. Every process gets the same number of items (at most
+    ``world - 1`` left over are skipped), so all take the same number of steps.
 
-    def __init__(self, sampler: Sampler, seed: int) -> None:
-        self.sampler = sampler
+    Yields ``(index, seed)``, the seed fixed by (base seed, epoch, index) so that each item's
+    augmentation is reproducible whatever the order, the number of workers or processes.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.size = size
         self.seed = seed
+        self.rank = rank
+        self.world = world
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over ``epoch``'s order, skipping the ``start`` items of it (all processes
+        together) that were already trained on."""
         self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        self.start = start
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(0, self.size - self.start) // self.world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self.sampler:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        mine = order[self.start + self.rank::self.world][:len(self)]
+        for index in mine.tolist():
             seq = np.random.SeedSequence([self.seed, self.epoch, index])
             yield index, int(seq.generate_state(1)[0])
-
-
-def split_pairs(pairs: Sequence[Pair], val_fraction: float,
-                seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic train/validation split: the same on every machine for the same ids and
-    seed, whatever order the file system lists them in.
-
-    Returns:
-        ``(train, val)``, each sorted by id; ``val`` has ``round(len * val_fraction)`` pairs
-        (at least one when ``val_fraction > 0``).
-    """
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    ordered = sorted(pairs, key=lambda p: p.id)
-    n_val = max(1, round(len(ordered) * val_fraction)) if val_fraction > 0 else 0
-    if n_val >= len(ordered):
-        raise DatasetError(f"{len(ordered)} pairs are too few to hold out {n_val} for validation")
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    val_idx = set(order[:n_val].tolist())
-    train = [p for i, p in enumerate(ordered) if i not in val_idx]
-    val = [p for i, p in enumerate(ordered) if i in val_idx]
-    return train, val

@@ -28,6 +28,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from common.errors import UserError
+
 DEFAULT_BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/{year}/"
 DEFAULT_SPLITS = ("train", "val")
 CHUNK_SIZE = 1 << 20
@@ -43,7 +45,7 @@ NETWORK_ERRORS = (
 Log = Callable[[str], None]
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download, check or extraction failed; the message says which file and what to do."""
 
 
@@ -74,8 +76,8 @@ class SplitFiles:
         return (self.images, self.masks)
 
 
-# The single table of official files. Sizes and MD5s are the *reported* values from
-# shared/REFERENCES.md (2018 sizes, 2017 MD5s); None means "not known, not checked".
+# The single table of official files. Sizes and MD5s are the values other public loaders report
+# (2018 sizes, 2017 MD5s), not checked against the bucket; None means "not known, not checked".
 ISIC_FILES: dict[tuple[int, str], SplitFiles] = {
     (2018, "train"): SplitFiles(
         RemoteFile("ISIC2018_Task1-2_Training_Input.zip"),
@@ -462,20 +464,25 @@ def fetch_isic(
     mirrors with other files). Returns the extracted folders.
     """
     files = [f for split in resolve_splits(year, splits, table) for f in split.files]
-    dest.mkdir(parents=True, exist_ok=True)
     folders, skipped = [], 0
-    for remote in files:
-        target = dest / remote.folder
-        if target.is_dir():
-            log(f"{remote.folder} already extracted, skipping")
-            skipped += 1
-        else:
-            url = file_url(base_url, year, remote.name)
-            target = fetch_file(
-                remote, url, dest, verify=verify, keep_zip=keep_zips, progress=progress,
-                timeout=timeout, log=log,
-            )
-        folders.append(target)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for remote in files:
+            target = dest / remote.folder
+            if target.is_dir():
+                log(f"{remote.folder} already extracted, skipping")
+                skipped += 1
+            else:
+                url = file_url(base_url, year, remote.name)
+                target = fetch_file(
+                    remote, url, dest, verify=verify, keep_zip=keep_zips, progress=progress,
+                    timeout=timeout, log=log,
+                )
+            folders.append(target)
+    except OSError as err:  # the network's errors are DownloadErrors already: this is the disk
+        raise DownloadError(f"cannot write {err.filename or dest}: {err.strerror or err}; free "
+                            "some disk space or choose another --dest, then rerun to resume"
+                            ) from err
     if skipped == len(files):
         log(f"Nothing to do: all {len(files)} folders are already in place in {dest}")
     return folders

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from data.imageio import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ HOW_TO_GET_DATA = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The data folder is missing, empty, or its images and masks do not pair up."""
 
 

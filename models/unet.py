@@ -1,9 +1,11 @@
-"""The plain U-Net of Ronneberger et al. (2015), with BatchNorm and same-size padding; optional
-GroupNorm and deep supervision (auxiliary heads on the decoder, used in training only)."""
+"""The plain U-Net of Ronneberger et al. (2015) with same-size padding and a normalisation layer
+after each convolution (GroupNorm or BatchNorm), and optional deep supervision (auxiliary heads
+on the decoder, used in training only)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +13,14 @@ from torch import nn
 
 from models.unet_parts import DoubleConv, Down, OutConv, Up
 
+# What configs stored before these fields existed were trained with.
+LEGACY_CONFIG = {"norm": "batch", "deep_supervision": False}
+
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Everything needed to rebuild a :class:`UNet`; stored in every checkpoint.
+    """Everything needed to rebuild a :class:`UNet`; stored in every checkpoint. The defaults
+    are ``train.py``'s.
 
     Attributes:
         in_channels: image channels (3 for RGB).
@@ -23,7 +29,8 @@ class UNetConfig:
             about 31.0 M parameters at depth 4).
         depth: number of 2x down-sampling steps.
         bilinear: bilinear upsampling + 1x1 conv instead of transposed convolutions.
-        norm: ``"batch"`` (BatchNorm) or ``"group"`` (GroupNorm, for small batches).
+        norm: ``"group"`` (GroupNorm: each image normalised by itself) or ``"batch"``
+            (BatchNorm, the paper's).
         deep_supervision: 1x1 logit heads on the decoder's coarser levels, whose outputs a
             model in training mode returns too (for :class:`utils.SegmentationLoss`).
     """
@@ -33,11 +40,25 @@ class UNetConfig:
     base_channels: int = 64
     depth: int = 4
     bilinear: bool = False
-    norm: str = "batch"
-    deep_supervision: bool = False
+    norm: str = "group"
+    deep_supervision: bool = True
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> UNetConfig:
+        """The config a checkpoint stored; fields it lacks take the values of
+        :data:`LEGACY_CONFIG` (what models saved before they existed were), others the
+        defaults.
+
+        Raises:
+            ValueError: a key that is no field.
+        """
+        unknown = set(config) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys {sorted(unknown)}")
+        return cls(**{**LEGACY_CONFIG, **config})
 
 
 class UNet(nn.Module):
@@ -113,14 +134,10 @@ def crop(x: torch.Tensor, top: int, left: int, height: int, width: int,
              left // scale:-(-(left + width) // scale)]
 
 
-def build_model(config: dict | UNetConfig) -> UNet:
-    """Rebuild a :class:`UNet` from the config dict stored in a checkpoint (or a config)."""
-    if isinstance(config, dict):
-        unknown = set(config) - set(UNetConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown U-Net config keys {sorted(unknown)}")
-        config = UNetConfig(**config)
-    return UNet(config)
+def build_model(config: dict[str, Any] | UNetConfig) -> UNet:
+    """Rebuild a :class:`UNet` from a config, or the config dict stored in a checkpoint (see
+    :meth:`UNetConfig.from_dict`)."""
+    return UNet(UNetConfig.from_dict(config) if isinstance(config, dict) else config)
 
 
 def count_parameters(model: nn.Module) -> int:

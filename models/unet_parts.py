@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.errors import FlagError
+
 NORMS = ("batch", "group")
 
 
@@ -15,7 +17,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "group":
         return nn.GroupNorm(min(32, max(1, channels // 4)), channels)
-    raise ValueError(f"unknown normalisation {kind!r}; use one of {NORMS}")
+    raise FlagError(f"unknown normalisation {kind!r}; use one of {NORMS}")
 
 
 class DoubleConv(nn.Sequential):

@@ -12,10 +12,10 @@ uses by default (--precision auto, channels_last) is marked "train.py default". 
 each of them compiled (compiling takes minutes on a CPU); on CUDA, bf16 (fp16 before Ampere) +
 channels_last + compile is always measured, as the setting to use for long GPU runs.
 
-A training step is train.py's: forward under train.autocast, the BCE + Dice loss, backward (with a
-GradScaler for fp16), gradient clipping and an AdamW step, with train.py's default
-hyper-parameters, on the plain U-Net (as `--no-deep-supervision`; the deep-supervision heads are
-1x1 convolutions and add well under 1 % of the FLOPs). Inference is a forward pass under
+A training step is train.py's (training/step.py): forward under autocast, the BCE + Dice loss,
+backward (with a GradScaler for fp16), gradient clipping and an AdamW step, with train.py's
+default hyper-parameters, on the U-Net train.py builds by default (deep supervision included;
+its heads are 1x1 convolutions, well under 1 % of the FLOPs). Inference is a forward pass under
 torch.inference_mode. Inputs are random tensors already on the device, so the numbers are the
 model's alone (see scripts/benchmark_loader.py for the data loader). Warm-up steps, which also
 compile, are not timed; each row is then timed for --seconds, and for at least --min-steps
@@ -43,12 +43,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train  # noqa: E402
+from common.device import Hardware, autocast_dtype, configure_backends, select_device  # noqa: E402
+from common.errors import FlagError, run_script  # noqa: E402
 from models import UNetConfig, build_model, count_parameters  # noqa: E402
 from models.unet_parts import NORMS  # noqa: E402
-from utils import SegmentationLoss, autocast_dtype, run_script, select_device  # noqa: E402
+from training.options import defaults  # noqa: E402
+from training.step import Optimisation  # noqa: E402
+from utils import SegmentationLoss  # noqa: E402
 
-TRAIN_DEFAULTS = train.parse_args([])
+TRAIN_DEFAULTS = defaults()
 COLUMNS = ("setting", "train img/s", "inference img/s", "train speed-up", "inference speed-up",
            "train TFLOP/s", "inference TFLOP/s", "train peak MiB", "inference peak MiB")
 
@@ -108,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_options(options: argparse.Namespace) -> None:
     for name in ("base_channels", "depth", "img_size", "batch_size", "min_steps"):
         if getattr(options, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if options.seconds < 0 or options.warmup < 0:
-        raise ValueError("--seconds and --warmup must not be negative")
+            raise FlagError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("seconds", "warmup"):
+        if getattr(options, name) < 0:
+            raise FlagError(f"--{name} must not be negative")
 
 
 def settings_to_measure(device: torch.device, with_compile: bool) -> list[Setting]:
@@ -129,14 +133,6 @@ def settings_to_measure(device: torch.device, with_compile: bool) -> list[Settin
 
 
 # ---------------------------------------------------------------- device helpers
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels, so that a clock read after this covers them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -173,51 +169,46 @@ def flops_per_image(config: UNetConfig, img_size: int) -> dict[str, int]:
     return {"inference": inference.get_total_flops(), "train": training.get_total_flops()}
 
 
-def random_batch(batch_size: int, img_size: int, device: torch.device,
-                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(batch_size: int, img_size: int,
+                 hardware: Hardware) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised-looking images ``(B, 3, S, S)`` and ``{0, 1}`` masks ``(B, 1, S, S)``, moved
     to the device as train.py moves its batches."""
     generator = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(batch_size, 3, img_size, img_size, generator=generator),
              "mask": (torch.rand(batch_size, 1, img_size, img_size, generator=generator) > 0.5
                       ).float()}
-    return train.to_device(batch, device, channels_last)
+    return hardware.batch(batch)
 
 
 def training_step(model: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor,
-                  amp_dtype: torch.dtype | None, device: torch.device) -> Callable[[], None]:
+                  hardware: Hardware) -> Callable[[], None]:
     """One optimisation step of train.py's loop, with its default hyper-parameters."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=TRAIN_DEFAULTS.lr,
-                                  weight_decay=TRAIN_DEFAULTS.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = SegmentationLoss()
+    optimisation = Optimisation.create(model, hardware, TRAIN_DEFAULTS.lr,
+                                       TRAIN_DEFAULTS.weight_decay, TRAIN_DEFAULTS.loss,
+                                       TRAIN_DEFAULTS.grad_clip)
+    return lambda: optimisation.step(image, mask)
 
+
+def inference_step(model: torch.nn.Module, image: torch.Tensor,
+                   hardware: Hardware) -> Callable[[], None]:
     def step() -> None:
-        train.train_step(model, image, mask, optimizer, scaler, loss_fn, device, amp_dtype,
-                         TRAIN_DEFAULTS.grad_clip)
-    return step
-
-
-def inference_step(model: torch.nn.Module, image: torch.Tensor, amp_dtype: torch.dtype | None,
-                   device: torch.device) -> Callable[[], None]:
-    def step() -> None:
-        with torch.inference_mode(), train.autocast(device, amp_dtype):
+        with torch.inference_mode(), hardware.autocast():
             model(image)
     return step
 
 
-def images_per_second(step: Callable[[], None], batch_size: int, device: torch.device,
+def images_per_second(step: Callable[[], object], batch_size: int, hardware: Hardware,
                       options: argparse.Namespace) -> float:
     """Images per second of ``step`` after ``options.warmup`` untimed calls, over at least
     ``options.seconds`` and ``options.min_steps`` calls."""
     for _ in range(options.warmup):
         step()
-    synchronize(device)
+    hardware.synchronize()
     started, steps = time.perf_counter(), 0
     while steps < options.min_steps or time.perf_counter() - started < options.seconds:
         step()
         steps += 1
-    synchronize(device)
+    hardware.synchronize()
     return steps * batch_size / (time.perf_counter() - started)
 
 
@@ -225,25 +216,22 @@ def measure(setting: Setting, config: UNetConfig, device: torch.device,
             options: argparse.Namespace) -> dict[str, float]:
     """Images per second and peak memory of inference and training for one setting."""
     torch.manual_seed(0)
-    model = build_model(config).to(device)
-    if setting.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    hardware = Hardware(device, autocast_dtype(setting.precision, device), setting.channels_last)
+    model = hardware.module(build_model(config))
     if setting.compile:
         torch.compiler.reset()  # each row compiles afresh, never up against the recompile limit
     runner = torch.compile(model) if setting.compile else model
-    amp_dtype = autocast_dtype(setting.precision, device)
-    image, mask = random_batch(options.batch_size, options.img_size, device,
-                               setting.channels_last)
+    image, mask = random_batch(options.batch_size, options.img_size, hardware)
     result = {}
 
-    def time_phase(phase: str, step: Callable[[], None]) -> None:
+    def time_phase(phase: str, step: Callable[[], object]) -> None:
         reset_peak_memory(device)
-        result[f"{phase}_img_s"] = images_per_second(step, options.batch_size, device, options)
+        result[f"{phase}_img_s"] = images_per_second(step, options.batch_size, hardware, options)
         result[f"{phase}_peak_mib"] = peak_memory_mib(device)
 
     # Inference first, before gradients and optimiser state take memory.
-    time_phase("inference", inference_step(runner.eval(), image, amp_dtype, device))
-    time_phase("train", training_step(runner.train(), image, mask, amp_dtype, device))
+    time_phase("inference", inference_step(runner.eval(), image, hardware))
+    time_phase("train", training_step(runner.train(), image, mask, hardware))
     return result
 
 
@@ -254,9 +242,9 @@ def benchmark(options: argparse.Namespace) -> dict:
     """Every row's numbers, plus what they were measured on."""
     check_options(options)
     device = select_device(options.device)
-    train.configure_backends(device)
+    configure_backends(device)
     config = UNetConfig(base_channels=options.base_channels, depth=options.depth,
-                        norm=options.norm)
+                        norm=options.norm, deep_supervision=TRAIN_DEFAULTS.deep_supervision)
     flops = flops_per_image(config, options.img_size)
     rows = []
     for setting in settings_to_measure(device, options.compile):

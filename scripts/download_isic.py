@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.download import DEFAULT_BASE_URL, DownloadError, fetch_isic  # noqa: E402
-from utils import run_script  # noqa: E402
+from common.errors import run_script  # noqa: E402
+from data.download import DEFAULT_BASE_URL, fetch_isic  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the downloader; returns the exit status (0 on success, 1 on error)."""
     args = build_parser().parse_args(argv)
-    return run_script(lambda: download(args), errors=(DownloadError, OSError),
+    return run_script(lambda: download(args),
                       interrupted="interrupted: partial downloads are kept as *.part; rerun the "
                       "same command to resume")
 

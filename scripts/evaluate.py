@@ -30,7 +30,7 @@ import heapq
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import train  # noqa: E402
+from common.errors import FlagError, run_script  # noqa: E402
 from data.dataset import ISICDataset, eval_transforms  # noqa: E402
 from data.imageio import read_image  # noqa: E402
 from data.layouts import (  # noqa: E402
@@ -55,6 +55,7 @@ from data.layouts import (  # noqa: E402
     find_split_folders,
     mask_id_of,
 )
+from data.splits import SplitSettings, data_root, training_splits  # noqa: E402
 from evaluation import (  # noqa: E402
     COUNTS,
     JACCARD_THRESHOLD,
@@ -64,14 +65,15 @@ from evaluation import (  # noqa: E402
     score_masks,
     summarize,
 )
+from models.bundled import describe_model  # noqa: E402
+from models.checkpoint import CheckpointError  # noqa: E402
 from predict import (  # noqa: E402
-    DEFAULT_CHECKPOINT,
     Predictor,
     add_prediction_options,
     draw_contour,
     postprocess,
+    predictor_from_args,
 )
-from utils import CheckpointError, run_script  # noqa: E402
 
 RESULTS_DIR = Path("results")
 # Preferred split of a layout when --split is not given: held-out data first.
@@ -93,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="\n".join(__doc__.split("\n")[1:]))
     g = p.add_argument_group("what to score")
     g.add_argument("--checkpoint", default=None,
-                   help=f"predict with this checkpoint (default {DEFAULT_CHECKPOINT} unless "
-                   "--pred is given)")
+                   help="predict with this best.pt or .safetensors (default, unless --pred is "
+                   "given: models/checkpoints/best.pt if you trained one, else the bundled "
+                   "ISIC model)")
     g.add_argument("--data", default=None, help="data folder in any known layout, or "
                    "'synthetic' (default: the checkpoint's training data and split)")
     g.add_argument("--split", choices=SPLITS, default=None,
@@ -124,20 +127,20 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse combinations of flags that would be silently ignored."""
     if args.pred or args.gt:
         if not (args.pred and args.gt):
-            raise ValueError("--pred and --gt go together: pass both folders")
+            raise FlagError("--pred and --gt go together: pass both folders")
         if args.checkpoint or args.data:
-            raise ValueError("score either a checkpoint (--checkpoint/--data) or a folder of "
+            raise FlagError("score either a checkpoint (--checkpoint/--data) or a folder of "
                              "masks (--pred/--gt), not both")
         ignored = [flag for flag, value in (("--tta", args.tta), ("--threshold", args.threshold),
                                             ("--resolution model", args.resolution == "model"))
                    if value]
         if ignored:
-            raise ValueError(f"{', '.join(ignored)}: only with --checkpoint (--pred masks are "
+            raise FlagError(f"{', '.join(ignored)}: only with --checkpoint (--pred masks are "
                              "already thresholded at their size)")
     elif args.images or args.resize_pred:
-        raise ValueError("--images and --resize-pred apply to --pred mode only")
+        raise FlagError("--images and --resize-pred apply to --pred mode only")
     if args.worst < 0:
-        raise ValueError("--worst must be 0 or more")
+        raise FlagError("--worst must be 0 or more")
 
 
 # ---------------------------------------------------------------- what to score
@@ -161,29 +164,31 @@ def layout_split(root: Path, split: str | None) -> str:
     return next(name for name in SPLIT_PREFERENCE if name in folders)
 
 
-def training_pairs(checkpoint: dict[str, Any], split: str) -> tuple[Path, list[Pair]]:
+def training_pairs(info: dict[str, Any], split: str) -> tuple[Path, list[Pair]]:
     """The data folder and the pairs of ``split`` exactly as train.py split them: train and val
     from its own logic (held-out fraction or official val), test from the layout."""
-    if "args" not in checkpoint:
-        raise CheckpointError("the checkpoint does not record its training data; pass --data")
-    train_args = argparse.Namespace(**checkpoint["args"])
-    root = training_data_root(train_args)
+    if "args" not in info:
+        raise CheckpointError("the model file does not record its training data; pass --data")
+    train_args = info["args"]
+    root = training_data_root(train_args["data"])
+    settings = SplitSettings(**{f.name: train_args[f.name] for f in fields(SplitSettings)})
     if split == "test":
-        return root, find_pairs(root, "test", skip_unpaired=train_args.skip_unpaired)
-    train_set, val_set = train.load_splits(train_args, root)
+        return root, find_pairs(root, "test", skip_unpaired=settings.skip_unpaired)
+    train_set, val_set = training_splits(root, settings)
     return root, train_set if split == "train" else val_set
 
 
-def training_data_root(train_args: argparse.Namespace) -> Path:
-    """The checkpoint's data folder, relative to the working directory or to the repository."""
-    root = train.resolve_data_root(train_args, is_main=True)
+def training_data_root(data: str) -> Path:
+    """The data folder a model was trained on, relative to the working directory or to the
+    repository."""
+    root = data_root(data)
     if root.is_dir() or root.is_absolute():
         return root
     if (REPO_ROOT / root).is_dir():
         return REPO_ROOT / root
-    raise DatasetError(f"the checkpoint was trained on {train_args.data}, which is not found "
-                       f"from here or from {REPO_ROOT}; run from the folder training ran in, or "
-                       "score a data set with --data DIR")
+    raise DatasetError(f"the model was trained on {data}, which is not found from here or from "
+                       f"{REPO_ROOT}; run from the folder training ran in, or score a data set "
+                       "with --data DIR")
 
 
 def mask_files(pred_dir: Path, gt_dir: Path, images_dir: Path | None,
@@ -472,20 +477,18 @@ def write_report(rows: list[dict[str, Any]], worst: WorstCases, settings: dict[s
 
 def evaluate_checkpoint(args: argparse.Namespace, worst: WorstCases) -> tuple[list, dict, str]:
     """Rows, settings and the default report name of --checkpoint mode."""
-    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    predictor = Predictor(checkpoint, device=args.device, threshold=args.threshold,
-                          tta=args.tta, keep_largest=args.keep_largest,
-                          fill_holes=args.fill_holes, batch_size=args.batch_size,
-                          precision=args.precision)
+    predictor = predictor_from_args(args)
+    print(describe_model(predictor.checkpoint_path), flush=True)
+    checkpoint = predictor.checkpoint_path
     if args.data is None:
         split = args.split or "val"
-        root, pairs = training_pairs(predictor.checkpoint, split)
+        root, pairs = training_pairs(predictor.info, split)
         data_label = f"{root.resolve().name}-training-{split}"
         if split == "val":
             print("note: train.py selected this checkpoint on this validation split, so these "
                   "scores are optimistic; report a held-out set too")
     else:
-        root = train.resolve_data_root(argparse.Namespace(data=args.data), is_main=True)
+        root = data_root(args.data)
         split = layout_split(root, args.split)
         pairs = find_pairs(root, split)
         data_label = f"{root.resolve().name}-{split}"

@@ -20,6 +20,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # A U-Net small enough to train for an epoch in a second or two on a CPU.
 # Tests of the preparation cache ask for it; the others skip it (and its worker pool).
+# What a finished run leaves in its checkpoint folder.
+RUN_FILES = ["best.pt", "curves.png", "last.pt", "metrics.jsonl"]
 TINY_TRAIN_ARGS = ["--img-size", "32", "--base-channels", "4", "--depth", "2", "--epochs", "1",
                    "--batch-size", "8", "--workers", "0", "--precision", "fp32", "--no-cache"]
 

@@ -15,9 +15,12 @@ import torch
 
 import train
 from data.cache import IMAGES_FILE, MASKS_FILE, prepare_splits
-from data.dataset import ISICDataset, eval_transforms, split_pairs, train_transforms
+from data.dataset import ISICDataset, eval_transforms, train_transforms
 from data.layouts import LAYOUTS, DatasetError, find_pairs
+from data.splits import split_pairs, training_splits
 from tests.conftest import TINY_TRAIN_ARGS, load_script
+from training.distributed import Cluster
+from training.options import parse_args, split_settings
 
 CACHED_TRAIN_ARGS = [arg for arg in TINY_TRAIN_ARGS if arg != "--no-cache"]
 
@@ -272,12 +275,13 @@ def test_train_builds_the_cache_once_and_no_cache_reads_files(
 
 
 def test_train_datasets_from_cache_and_files_agree(synthetic_root: Path, tmp_path: Path) -> None:
-    args = train.parse_args(["--data", str(synthetic_root), "--cache-dir", str(tmp_path),
+    args = parse_args(["--data", str(synthetic_root), "--cache-dir", str(tmp_path),
                              "--official-val", *CACHED_TRAIN_ARGS])
-    train_pairs, val_pairs = train.load_splits(args, synthetic_root)
-    cached = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, is_main=True)
+    train_pairs, val_pairs = training_splits(synthetic_root, split_settings(args))
+    single = Cluster(0, 1, torch.device("cpu"))
+    cached = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
     args.cache = False
-    raw = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, is_main=True)
+    raw = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
     for from_cache, from_files in zip(cached, raw):
         for key in [(0, 1), (len(from_files) - 1, 2)]:
             assert torch.equal(from_cache[key]["image"], from_files[key]["image"])

@@ -14,14 +14,14 @@ import torch
 from data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EpochSampler,
     ISICDataset,
-    SeededSampler,
     eval_transforms,
-    split_pairs,
     train_transforms,
 )
 from data.imageio import CorruptFileError, read_image, read_mask
 from data.layouts import DatasetError, Pair, find_pairs
+from data.splits import split_pairs
 
 IMG_SIZE = 32
 
@@ -249,19 +249,39 @@ def test_augmentation_moves_image_and_mask_together(tmp_path: Path) -> None:
         assert agreement > 0.95, f"seed {seed}: image and mask agree on {agreement:.1%}"
 
 
-def test_seeded_sampler_is_reproducible_per_epoch() -> None:
-    sampler = SeededSampler(range(6), seed=7)
+def test_epoch_sampler_is_reproducible_per_epoch() -> None:
+    sampler = EpochSampler(10, seed=7)
     first = list(sampler)
-    assert [index for index, _ in first] == list(range(6)) and len(sampler) == 6
+    assert sorted(index for index, _ in first) == list(range(10)) and len(sampler) == 10
     assert list(sampler) == first
     sampler.set_epoch(1)
     second = list(sampler)
+    assert [index for index, _ in second] != [index for index, _ in first]
     assert {s for _, s in second}.isdisjoint({s for _, s in first})
     sampler.set_epoch(0)
     assert list(sampler) == first
-    # The seed belongs to the item, not to its position in the order.
-    reversed_sampler = SeededSampler(list(reversed(range(6))), seed=7)
-    assert dict(reversed_sampler) == dict(first)
+
+
+def test_epoch_sampler_deals_one_order_out_to_the_processes() -> None:
+    alone = list(EpochSampler(10, seed=7))
+    two = [list(EpochSampler(10, seed=7, rank=rank, world=2)) for rank in range(2)]
+    assert [item for pair in zip(*two) for item in pair] == alone  # in turn, seeds included
+    three = [list(EpochSampler(10, seed=7, rank=rank, world=3)) for rank in range(3)]
+    assert [len(items) for items in three] == [3, 3, 3]  # the tenth is skipped: equal steps
+    assert [item for triple in zip(*three) for item in triple] == alone[:9]
+
+
+def test_epoch_sampler_resumes_mid_epoch_for_any_number_of_processes() -> None:
+    alone = list(EpochSampler(10, seed=7))
+    resumed = EpochSampler(10, seed=7)
+    resumed.set_epoch(0, start=4)
+    assert list(resumed) == alone[4:] and len(resumed) == 6
+    halves = []
+    for rank in range(2):
+        sampler = EpochSampler(10, seed=7, rank=rank, world=2)
+        sampler.set_epoch(0, start=4)
+        halves.append(list(sampler))
+    assert [item for pair in zip(*halves) for item in pair] == alone[4:]
 
 
 # ---------------------------------------------------------------- split_pairs

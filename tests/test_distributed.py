@@ -14,10 +14,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import train
+from common.device import Hardware, autocast_dtype
 from data.dataset import ISICDataset, eval_transforms
+from data.splits import training_splits
 from models import build_model
-from tests.conftest import TINY_TRAIN_ARGS
-from utils import SegmentationLoss, autocast_dtype, load_checkpoint
+from models.checkpoint import load_checkpoint
+from tests.conftest import RUN_FILES, TINY_TRAIN_ARGS
+from training.options import split_settings
+from utils import SegmentationLoss
 
 TRAIN_PY = Path(train.__file__).resolve()
 CPU = torch.device("cpu")
@@ -52,11 +56,11 @@ def single_process_metrics(checkpoint: dict) -> dict[str, float]:
     model.load_state_dict(checkpoint["model"])
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    _, val_pairs = train.load_splits(args, Path(args.data))
+    _, val_pairs = training_splits(Path(args.data), split_settings(args))
     loader = DataLoader(ISICDataset(val_pairs, eval_transforms(args.img_size)),
                         batch_size=args.batch_size)
-    metrics, _ = train.validate(model, loader, SegmentationLoss(), CPU, args,
-                                autocast_dtype(args.precision, CPU))
+    hardware = Hardware(CPU, autocast_dtype(args.precision, CPU), args.channels_last)
+    metrics, _ = train.validate(model, loader, SegmentationLoss(), hardware)
     return metrics
 
 
@@ -69,7 +73,7 @@ def test_two_gloo_processes_train_save_once_and_validate_like_one(
                           "--val-fraction", "0.2", "--batch-size", "2"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == RUN_FILES
     lines = result.stdout.splitlines()
     assert sum(line.startswith("epoch 1/1 ") for line in lines) == 1, result.stdout
     assert sum("training and 5 validation images" in line for line in lines) == 1

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import predict
-from data.dataset import split_pairs
 from data.layouts import find_pairs
+from data.splits import split_pairs
 from evaluation import (
     METRICS,
     boundary,

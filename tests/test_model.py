@@ -13,8 +13,10 @@ PAPER_PARAMETERS = 31_037_633
 
 
 def tiny_unet(**overrides: int | bool) -> UNet:
+    """A small plain U-Net (no deep-supervision heads unless asked), in eval mode."""
     torch.manual_seed(0)
-    return UNet(UNetConfig(base_channels=4, depth=2, **overrides)).eval()
+    return UNet(UNetConfig(**{"base_channels": 4, "depth": 2, "deep_supervision": False,
+                              **overrides})).eval()
 
 
 @pytest.mark.parametrize("bilinear", [False, True])
@@ -89,6 +91,20 @@ def test_build_model_rebuilds_from_config_dict(overrides: dict) -> None:
         assert torch.equal(rebuilt(x), original(x))
 
 
+def test_the_default_config_is_train_pys_and_old_configs_keep_their_meaning() -> None:
+    from training.options import defaults
+
+    args = defaults()
+    assert UNetConfig() == UNetConfig(base_channels=args.base_channels, depth=args.depth,
+                                      bilinear=args.bilinear, norm=args.norm,
+                                      deep_supervision=args.deep_supervision)
+    # A config stored before the norm and deep-supervision fields existed: BatchNorm, no heads.
+    old = {key: value for key, value in UNetConfig(base_channels=4, depth=2).to_dict().items()
+           if key not in ("norm", "deep_supervision")}
+    assert UNetConfig.from_dict(old) == UNetConfig(base_channels=4, depth=2, norm="batch",
+                                                   deep_supervision=False)
+
+
 def test_build_model_accepts_a_config() -> None:
     config = UNetConfig(base_channels=4, depth=2)
     assert build_model(config).config == config
@@ -129,7 +145,7 @@ def test_deep_supervision_adds_coarser_logits_in_training_only(height: int, widt
         (height, width), (-(-height // 2), -(-width // 2)), (-(-height // 4), -(-width // 4))]
     sum(o.mean() for o in outputs).backward()
     assert all(p.grad is not None for p in model.parameters())
-    plain = UNet(UNetConfig(base_channels=4, depth=3))
+    plain = UNet(UNetConfig(base_channels=4, depth=3, deep_supervision=False))
     plain.load_state_dict(model.state_dict(), strict=False)  # the same weights, without heads
     model.eval(), plain.eval()
     x = torch.randn(1, 3, height, width)

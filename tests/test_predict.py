@@ -155,7 +155,7 @@ def test_predictor_reads_settings_from_the_checkpoint(checkpoint, predictor):
     assert predictor.img_size == payload["img_size"]
     assert predictor.threshold == payload["threshold"]
     assert list(predictor.mean) == payload["normalization"]["mean"]
-    assert "model" not in predictor.checkpoint
+    assert predictor.info["epoch"] == payload["epoch"] and "model" not in predictor.info
     assert Predictor(checkpoint, device="cpu", threshold=0.3).threshold == 0.3
     with pytest.raises(ValueError, match="threshold"):
         Predictor(checkpoint, device="cpu", threshold=1.0)

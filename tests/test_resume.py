@@ -16,11 +16,16 @@ import torch
 
 import train
 from models import build_model
+from models.checkpoint import load_checkpoint
 from tests.conftest import TINY_TRAIN_ARGS
-from utils import load_checkpoint
+from training.record import read_record
+from training.schedule import lr_at
+from training.step import Optimisation
 
 TRAIN_PY = Path(train.__file__).resolve()
 EPOCHS = 3
+# The tiny synthetic set holds 24 training pairs, 2 of them held out: 22 // 4 steps of 4.
+STEPS_PER_EPOCH = 5
 # 128 px and 2 images per step make an epoch last about half a second on a CPU: long enough to
 # kill the process while epoch 2 runs, after last.pt of epoch 1 appeared.
 SLOW_EPOCH_ARGS = [*TINY_TRAIN_ARGS, "--img-size", "128", "--batch-size", "2",
@@ -66,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_schedule_and_wandb_run(
     assert proc.returncode == -signal.SIGKILL
 
     # What was written before the kill is complete, loadable, and alone (no temp files).
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
     before = load_checkpoint(last)
     # Normally epoch 1; on a loaded machine the poll may only see a later epoch's last.pt.
     killed_after = before["epoch"]
@@ -84,47 +89,70 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_schedule_and_wandb_run(
     after = load_checkpoint(last)
     args = argparse.Namespace(**after["args"])
     assert after["epoch"] == EPOCHS and after["step"] == EPOCHS * steps_per_epoch
-    assert after["metrics"]["lr"] == train.lr_at(1.0, args)
-    assert before["metrics"]["lr"] == train.lr_at(killed_after / EPOCHS, args)
+    assert after["metrics"]["lr"] == lr_at(1.0, args)
+    assert before["metrics"]["lr"] == lr_at(killed_after / EPOCHS, args)
     # The resumed run redoes the killed epoch from its start and anneals on the original plan.
     assert printed_lrs(resumed.stdout) == {
-        epoch: f"{train.lr_at(epoch / EPOCHS, args):.2e}"
+        epoch: f"{lr_at(epoch / EPOCHS, args):.2e}"
         for epoch in range(killed_after + 1, EPOCHS + 1)}
 
     assert after["wandb_id"] == before["wandb_id"]
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(run.name.endswith(f"-{before['wandb_id']}") for run in runs)
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == [
+        "best.pt", "curves.png", "last.pt", "metrics.jsonl"]
+    # The record holds each epoch once: those before the kill, then the resumed ones.
+    record = read_record(ckpt_dir / "metrics.jsonl")
+    assert [row["epoch"] for row in record] == list(range(1, EPOCHS + 1))
+    assert record[-1]["val_dice"] == after["metrics"]["val_dice"]
 
 
-def stop_after_first_save(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make train.py stop (as after Ctrl-C) right after it saved its first epoch."""
-    save_epoch = train.save_epoch
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Press Ctrl-C (SIGINT to this process) during the training step number ``steps``."""
+    step = Optimisation.step
+    taken = 0
 
-    def save_then_interrupt(*args, **kwargs):
-        save_epoch(*args, **kwargs)
-        monkeypatch.setattr(train, "save_epoch", save_epoch)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(train, "save_epoch", save_then_interrupt)
+    def step_then_interrupt(self, *args, **kwargs):
+        nonlocal taken
+        taken += 1
+        if taken == steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args, **kwargs)
+    monkeypatch.setattr(Optimisation, "step", step_then_interrupt)
 
 
-def test_resume_at_an_epoch_boundary_gives_the_same_weights(
-        synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    common = ["--data", str(synthetic_root), "--cache-dir", str(tmp_path / "cache"),
-              *TINY_TRAIN_ARGS, "--epochs", "2", "--batch-size", "4", "--seed", "0"]
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert train.main([*common, "--checkpoint-dir", str(straight)]) == 0
-
-    stop_after_first_save(monkeypatch)
-    assert train.main([*common, "--checkpoint-dir", str(stopped)]) == 130
-    assert load_checkpoint(stopped / "last.pt")["epoch"] == 1
-    assert train.main(["--resume", str(stopped / "last.pt")]) == 0
-
-    expected, actual = (load_checkpoint(d / "last.pt") for d in (straight, stopped))
-    assert actual["epoch"] == expected["epoch"] == 2 and actual["step"] == expected["step"]
+def assert_same_run(expected: dict, actual: dict) -> None:
+    assert actual["epoch"] == expected["epoch"] and actual["step"] == expected["step"]
     assert expected["model"].keys() == actual["model"].keys()
     different = [name for name, tensor in expected["model"].items()
                  if not torch.equal(tensor, actual["model"][name])]
     assert not different, f"resumed weights differ from an uninterrupted run: {different}"
     for key in ("val_loss", "val_dice", "train_loss", "lr"):
         assert actual["metrics"][key] == expected["metrics"][key], key
+
+
+@pytest.mark.parametrize("stop_at_step", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2])
+def test_ctrl_c_saves_and_resuming_gives_the_same_weights(
+        synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, stop_at_step: int) -> None:
+    # Stopped in the last step of epoch 1 (it ends that epoch, validates and saves), or two
+    # steps into epoch 2 (it saves mid-epoch): either way the resumed run ends bit-identical
+    # to one that was never stopped.
+    common = ["--data", str(synthetic_root), "--cache-dir", str(tmp_path / "cache"),
+              *TINY_TRAIN_ARGS, "--epochs", "2", "--batch-size", "4", "--seed", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert train.main([*common, "--checkpoint-dir", str(straight)]) == 0
+    assert load_checkpoint(straight / "last.pt")["step"] == 2 * STEPS_PER_EPOCH
+
+    interrupt_after(monkeypatch, stop_at_step)
+    capsys.readouterr()
+    assert train.main([*common, "--checkpoint-dir", str(stopped)]) == 128 + signal.SIGINT
+    monkeypatch.undo()
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("stopped by SIGINT") and "--resume" in message, message
+    saved = load_checkpoint(stopped / "last.pt")
+    assert saved["step"] == stop_at_step
+    assert (saved["epoch"], saved["epoch_images"]) == (
+        (1, 0) if stop_at_step == STEPS_PER_EPOCH else (1, 2 * 4))
+    assert train.main(["--resume", str(stopped / "last.pt")]) == 0
+    assert_same_run(*(load_checkpoint(d / "last.pt") for d in (straight, stopped)))

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 import train
-from data.dataset import IMAGENET_MEAN, IMAGENET_STD, ISICDataset, eval_transforms, split_pairs
+from data.dataset import IMAGENET_MEAN, IMAGENET_STD, ISICDataset, eval_transforms
 from data.layouts import find_pairs
+from data.splits import split_pairs
 from models import build_model
-from tests.conftest import TINY_TRAIN_ARGS
-from utils import load_checkpoint
+from models.checkpoint import load_checkpoint
+from tests.conftest import RUN_FILES, TINY_TRAIN_ARGS
+from training.options import PRESETS, build_parser, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_KEYS = {"format", "version", "model", "model_config", "img_size", "normalization",
@@ -51,8 +53,8 @@ def steps_per_epoch(checkpoint: dict) -> int:
 # ---------------------------------------------------------------- checkpoints
 
 
-def test_training_writes_best_and_last(tiny_checkpoint_dir: Path) -> None:
-    assert sorted(p.name for p in tiny_checkpoint_dir.iterdir()) == ["best.pt", "last.pt"]
+def test_training_writes_checkpoints_and_the_record(tiny_checkpoint_dir: Path) -> None:
+    assert sorted(p.name for p in tiny_checkpoint_dir.iterdir()) == RUN_FILES
 
 
 def test_checkpoint_contents(tiny_checkpoint_dir: Path, synthetic_root: Path) -> None:
@@ -239,7 +241,7 @@ def test_unusable_device_is_one_line(synthetic_root: Path, tmp_path: Path,
 
 def test_unknown_choice_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        train.parse_args(["--precision", "fp64"])
+        parse_args(["--precision", "fp64"])
     assert info.value.code == 2
     assert "invalid choice: 'fp64'" in capsys.readouterr().err
 
@@ -254,21 +256,21 @@ def test_script_prints_one_line_and_exits_1() -> None:
 
 
 def test_preset_gives_defaults_and_explicit_flags_win() -> None:
-    preset = train.PRESETS["cpu-demo"]
-    args = train.parse_args(["--preset", "cpu-demo", "--epochs", "1"])
+    preset = PRESETS["cpu-demo"]
+    args = parse_args(["--preset", "cpu-demo", "--epochs", "1"])
     assert args.epochs == 1 != preset["epochs"]
     for name, value in preset.items():
         if name != "epochs":
             assert getattr(args, name) == value, name
     # An explicit flag wins even when it repeats the built-in default.
-    default_size = train.build_parser().get_default("img_size")
-    args = train.parse_args(["--preset", "cpu-demo", "--img-size", str(default_size)])
+    default_size = build_parser().get_default("img_size")
+    args = parse_args(["--preset", "cpu-demo", "--img-size", str(default_size)])
     assert args.img_size == default_size != preset["img_size"]
 
 
 def test_without_preset_the_defaults_apply() -> None:
-    args = train.parse_args([])
-    parser = train.build_parser()
+    args = parse_args([])
+    parser = build_parser()
     assert args.epochs == parser.get_default("epochs")
     assert args.base_channels == 64 and args.depth == 4 and not args.bilinear
 
@@ -300,7 +302,7 @@ def test_batch_norm_trains_predicts_and_is_kept_on_resume(synthetic_root: Path,
     prediction = Predictor(tmp_path / "best.pt", device="cpu").predict(image)
     assert prediction.mask.shape == (40, 50)
     with pytest.raises(ValueError, match="--norm"):
-        train.parse_args(["--resume", str(tmp_path / "last.pt"), "--norm", "group"])
+        parse_args(["--resume", str(tmp_path / "last.pt"), "--norm", "group"])
 
 
 def test_a_run_saved_before_the_norm_and_deep_supervision_flags_resumes(

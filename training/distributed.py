@@ -1,0 +1,168 @@
+"""The processes of a distributed run (launched by ``torchrun``) and what they decide together.
+
+Every decision that changes what a process does next is taken from values all processes
+agree on: the training time (the slowest process's clock) and whether any process was asked to
+stop (SIGTERM, SIGINT). They are exchanged before every step, so that all processes stop after
+the same step, on a separate gloo group of two CPU numbers: the exchange never waits for the
+GPU, and costs one small message round (tens of microseconds between processes of one
+machine). In one process the same code runs without the exchange, so a run behaves the same on
+one process as on many.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import get_worker_info
+
+from common.device import select_device
+from common.errors import UserError
+
+# Rank 0 may spend long on setup work the others wait for (building the preparation cache).
+SETUP_TIMEOUT = timedelta(hours=12)
+
+
+class PeerLostError(UserError):
+    """Another process of the run died or stopped answering, so no collective can complete."""
+
+
+@dataclass
+class Cluster:
+    """This process's place in the run: rank, number of processes, device, and the gloo group
+    of the agreement (``None`` in a single process)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    control: dist.ProcessGroup | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints, logs and writes files."""
+        return self.rank == 0
+
+    def wait_for_main(self) -> None:
+        """All processes wait here until the main one arrives (e.g. after writing data)."""
+        if self.control is not None:
+            dist.monitored_barrier(group=self.control, timeout=SETUP_TIMEOUT,
+                                   wait_all_ranks=True)
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_cluster(device: str, timeout_minutes: float) -> Cluster:
+    """Join the run ``torchrun`` started (from ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or
+    a single process when those are unset. NCCL on GPUs, gloo on CPUs; collectives that do not
+    complete within ``timeout_minutes`` fail instead of hanging.
+
+    Raises:
+        FlagError: the device is not available.
+    """
+    chosen = select_device(device)
+    if "RANK" not in os.environ:
+        return Cluster(0, 1, chosen)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if chosen.type == "cuda":
+        chosen = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(chosen)
+    timeout = timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo",
+                            timeout=timeout)
+    return Cluster(rank, world, chosen, dist.new_group(backend="gloo", timeout=timeout))
+
+
+def peer_lost(exc: BaseException, where: str) -> PeerLostError:
+    """The one-line error for a collective that failed because another process is gone."""
+    reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+    return PeerLostError(f"another training process stopped answering during {where} "
+                         f"({reason}); the run is stopped; resume from the last saved "
+                         "last.pt with --resume")
+
+
+class Agreement:
+    """The training time and the stop request, agreed by all processes: the largest time and
+    any request win."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def exchange(self, seconds: float, stop: bool) -> tuple[float, bool]:
+        """This process's training ``seconds`` and stop request in, the agreed ones out.
+
+        Raises:
+            PeerLostError: another process is gone.
+        """
+        if self.cluster.control is None:
+            return seconds, stop
+        values = torch.tensor([seconds, float(stop)], dtype=torch.float64)
+        try:
+            dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.cluster.control)
+        except RuntimeError as exc:
+            raise peer_lost(exc, "training") from exc
+        return float(values[0]), bool(values[1])
+
+
+class StopRequest:
+    """SIGTERM and SIGINT set :attr:`signal` instead of ending the process, so that the run
+    stops between steps and saves; a second Ctrl-C interrupts at once. Installed for the
+    duration of a ``with`` block (signal handlers can be set in the main thread only).
+
+    Processes forked meanwhile inherit the handler: DataLoader workers ignore the signal (the
+    training process ends them when it is done), any other child (the preparation cache's
+    decoding pool) reacts as it would have without it.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._owner = os.getpid()
+
+    def __enter__(self) -> StopRequest:
+        self._owner = os.getpid()
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:
+            self._in_child(signum, frame)
+            return
+        self.signal = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _in_child(self, signum: int, frame: FrameType | None) -> None:
+        if get_worker_info() is not None:
+            return
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process ended by it."""
+        return 128 + (self.signal or 0)
+
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else ""

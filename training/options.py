@@ -1,0 +1,205 @@
+"""The flags of ``train.py``, its presets, and the order in which they apply: defaults, then
+the preset, then the resumed run's arguments, then the flags given on the command line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from common.device import add_hardware_options
+from common.errors import FlagError
+from data.dataset import AUGMENTATIONS
+from data.splits import SplitSettings
+from models.checkpoint import load_checkpoint
+from models.unet import LEGACY_CONFIG, UNetConfig
+from models.unet_parts import NORMS
+from utils import LOSS_NAMES
+
+ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear", "norm",
+                      "deep_supervision")
+DEFAULT_CHECKPOINT_DIR = "models/checkpoints"
+
+# Named sets of defaults; flags given on the command line still win. cpu-demo and cpu-budget
+# are measured (README, docs/experiments.md); isic2018-gpu is a recommendation for one GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-demo": dict(data="synthetic", img_size=96, base_channels=16, epochs=6, batch_size=8,
+                     lr=3e-3, warmup=0.05),
+    # --epochs is a ceiling: the --max-minutes budget ends the run.
+    "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
+                       lr=1e-3, ema=0.99),
+    "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
+                         ema=0.999, official_val=True),
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for on/off switches, where "(default: False)" only confuses."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
+def describe_preset(settings: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
+def build_parser(description: str = "Train a U-Net for skin-lesion segmentation."
+                 ) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named set of defaults "
+                   "(explicit flags still win): " + "; ".join(
+                       f"{name} = {describe_preset(v)}" for name, v in PRESETS.items()))
+    add_data_options(p.add_argument_group("data"))
+    add_model_options(p.add_argument_group("model"))
+    add_optimisation_options(p.add_argument_group("optimisation"))
+    g = p.add_argument_group("hardware")
+    add_hardware_options(g, channels_last=True)
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (worth it on GPUs for long runs)")
+    g.add_argument("--dist-timeout", type=float, default=10.0, help="minutes after which a "
+                   "collective that cannot complete (another process died) ends the run")
+    add_output_options(p.add_argument_group("output"))
+    return p
+
+
+def add_data_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--data", default="data/ISIC2018", help="folder in an ISIC layout (or "
+                   "images/ + masks/), or 'synthetic' to generate and use data/synthetic/")
+    g.add_argument("--img-size", type=int, default=256, help="square training size in pixels")
+    g.add_argument("--val-fraction", type=float, default=SplitSettings.val_fraction,
+                   help="fraction of the training pairs held out for validation")
+    g.add_argument("--official-val", action="store_true", help="validate on the data's "
+                   "official validation folder instead of a held-out fraction")
+    g.add_argument("--skip-unpaired", action="store_true",
+                   help="ignore images without masks and masks without images")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes per process (default: min(4, cores))")
+    g.add_argument("--no-cache", dest="cache", action="store_false", help="decode and resize "
+                   "the original files every epoch instead of reading the preparation cache "
+                   "(built on first use, as `python scripts/prepare.py` does)")
+    g.add_argument("--cache-dir", default=None, help="folder of the preparation caches (the "
+                   "data folder may be read-only); None: data/cache/ of this repository")
+
+
+def add_model_options(g: argparse._ArgumentGroup) -> None:
+    defaults = UNetConfig()
+    g.add_argument("--base-channels", type=int, default=defaults.base_channels,
+                   help="width of the first U-Net level (64: the paper's 31 M parameters)")
+    g.add_argument("--depth", type=int, default=defaults.depth,
+                   help="number of down-sampling steps")
+    g.add_argument("--bilinear", action="store_true",
+                   help="bilinear upsampling + 1x1 conv instead of transposed convolutions")
+    g.add_argument("--norm", default=defaults.norm, choices=NORMS,
+                   help="GroupNorm (normalises each image by itself; measured in "
+                   "docs/experiments.md) or BatchNorm")
+    g.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction,
+                   default=defaults.deep_supervision,
+                   help="extra loss terms from 1x1 heads on the decoder's coarser levels "
+                   "(training only; measured in docs/experiments.md)")
+
+
+def add_optimisation_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--epochs", type=int, default=50, help="number of epochs")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after this many "
+                   "minutes of training, then validate and save; the schedule follows the budget")
+    g.add_argument("--batch-size", type=int, default=16, help="images per step per process")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    g.add_argument("--warmup", type=float, default=0.1, help="fraction of training spent "
+                   "warming the learning rate up (measured in docs/experiments.md)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.01,
+                   help="final learning rate as a fraction of --lr (cosine decay)")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip; 0 is off")
+    g.add_argument("--loss", default="bce_dice", choices=LOSS_NAMES,
+                   help="a per-pixel term (bce, focal) + a per-image region term (dice; "
+                   "tversky: alpha 0.3, beta 0.7, favouring sensitivity); see utils.py")
+    g.add_argument("--augment", default="default", choices=AUGMENTATIONS,
+                   help="augmentation policy (see data/dataset.py: train_transforms)")
+    g.add_argument("--ema", type=float, default=0.99, help="decay of an exponential moving "
+                   "average of the weights, which is validated and saved; 0 is off")
+    g.add_argument("--seed", type=int, default=SplitSettings.seed,
+                   help="seed for split, init and augmentation")
+
+
+def add_output_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR, help="where best.pt "
+                   "(by validation Dice), last.pt and the metrics record are written")
+    g.add_argument("--resume", default=None, help="continue from a last.pt checkpoint")
+    g.add_argument("--log-interval", type=int, default=10,
+                   help="steps between loss read-outs (each one synchronises the device)")
+    g.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline "
+                   "when no credentials are found or the service cannot be reached)")
+    g.add_argument("--wandb-project", default="isic-unet", help="W&B project name")
+
+
+def defaults() -> argparse.Namespace:
+    """Every flag's default, as a run without flags gets them."""
+    return build_parser().parse_args([])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Defaults, then the preset, then the resumed run's arguments, then explicit flags.
+
+    Raises:
+        FlagError: an architecture flag that differs from the resumed run's.
+        CheckpointError: the ``--resume`` file cannot be read.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = vars(parser.parse_args([]))
+    explicit = vars(explicit_flags(parser, argv))
+    settings.update(PRESETS.get(args.preset, {}))
+    if args.resume:
+        saved = {**LEGACY_CONFIG, **load_checkpoint(args.resume)["args"]}
+        for name in ARCHITECTURE_FLAGS:
+            if name in explicit and explicit[name] != saved[name]:
+                raise FlagError(f"--{name.replace('_', '-')} cannot change when resuming "
+                                f"(the checkpoint has {saved[name]})")
+        settings.update(saved)
+    settings.update(explicit)
+    return argparse.Namespace(**settings)
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Only the flags given on the command line."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return parser.parse_args(argv)
+
+
+POSITIVE_INTEGERS = ("epochs", "batch_size", "img_size", "base_channels", "depth",
+                     "log_interval")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse values that cannot work, one message per flag.
+
+    Raises:
+        FlagError: naming the flag, its value and what it must be.
+    """
+    for name in POSITIVE_INTEGERS:
+        if getattr(args, name) < 1:
+            raise FlagError(f"--{name.replace('_', '-')} must be at least 1, got "
+                            f"{getattr(args, name)}")
+    checks = [
+        ("lr", args.lr > 0, "must be positive"),
+        ("workers", args.workers is None or args.workers >= 0, "must be 0 or more"),
+        ("warmup", 0 <= args.warmup < 1, "must be in [0, 1)"),
+        ("min_lr_ratio", 0 <= args.min_lr_ratio <= 1, "must be in [0, 1]"),
+        ("weight_decay", args.weight_decay >= 0, "must be 0 or more"),
+        ("grad_clip", args.grad_clip >= 0, "must be 0 (off) or more"),
+        ("ema", 0 <= args.ema < 1, "must be in (0, 1), or 0 for off"),
+        ("max_minutes", args.max_minutes is None or args.max_minutes > 0, "must be positive"),
+        ("dist_timeout", args.dist_timeout > 0, "must be positive"),
+    ]
+    for name, ok, rule in checks:
+        if not ok:
+            raise FlagError(f"--{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if not (0 < args.val_fraction < 1 or (args.official_val and args.val_fraction == 0)):
+        raise FlagError(f"--val-fraction must be in (0, 1) (or 0 with --official-val), got "
+                        f"{args.val_fraction}")
+
+
+def split_settings(args: argparse.Namespace) -> SplitSettings:
+    """The validation split a run's arguments define."""
+    return SplitSettings(args.official_val, args.val_fraction, args.seed, args.skip_unpaired)

@@ -1,0 +1,57 @@
+"""One optimisation step, as ``train.py`` takes it and ``scripts/benchmark.py`` times it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.device import Hardware
+from utils import SegmentationLoss
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the model's parameters."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+@dataclass
+class Optimisation:
+    """What a training step needs: the module to call (possibly compiled or wrapped in
+    DistributedDataParallel), its optimiser and gradient scaler, the loss, the hardware
+    settings and the gradient-norm clip (0: off)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: SegmentationLoss
+    hardware: Hardware
+    grad_clip: float
+
+    @classmethod
+    def create(cls, model: nn.Module, hardware: Hardware, lr: float, weight_decay: float,
+               loss: str, grad_clip: float) -> Optimisation:
+        """AdamW, a grad scaler that is on for fp16 only, and the named loss."""
+        scaler = torch.amp.GradScaler(hardware.device.type,
+                                      enabled=hardware.amp_dtype == torch.float16)
+        return cls(model, make_optimizer(model, lr, weight_decay), scaler,
+                   SegmentationLoss(loss), hardware, grad_clip)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Forward, backward, clip and update on one batch already on the device; returns the
+        loss, still on the device (reading it would synchronise)."""
+        with self.hardware.autocast():
+            loss = self.loss_fn(self.model(image), mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
