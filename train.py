@@ -36,6 +36,7 @@ from data.dataset import (
     IMAGENET_STD,
     EpochSampler,
     ISICDataset,
+    end_workers,
     eval_transforms,
     init_loader_worker,
     train_transforms,
@@ -47,7 +48,9 @@ from training.distributed import (
     Agreement,
     Cluster,
     StopRequest,
+    is_communication_error,
     peer_lost,
+    replicas_report,
     start_cluster,
 )
 from training.options import check_args, parse_args, split_settings
@@ -115,7 +118,7 @@ def train_processes(args: argparse.Namespace, cluster: Cluster, stop: StopReques
         run.record.keep_until(run.state.epoch)
         if args.wandb:
             run.wandb = WandbRun.start(args.wandb_project, vars(args), run.state.wandb_id)
-            run.state.wandb_id = run.wandb.id
+            run.state.wandb_id = run.wandb.id or run.state.wandb_id
         print(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {root}; "
               f"U-Net {count_parameters(run.model) / 1e6:.2f} M parameters on "
               f"{hardware.describe()} ({cluster.world} process"
@@ -125,7 +128,17 @@ def train_processes(args: argparse.Namespace, cluster: Cluster, stop: StopReques
                        f"{run.state.epoch} epochs; raise --epochs (or --max-minutes) to train "
                        "longer")
 
-    outcome = train_epochs(run, train_loader, val_loader, stop)
+    try:
+        outcome = train_epochs(run, train_loader, val_loader, stop)
+        if outcome.status == 0:
+            outcome.message += replicas_report(cluster, [run.model, run.eval_model])
+    except RuntimeError as exc:
+        if cluster.world > 1 and is_communication_error(exc):
+            raise peer_lost(exc, "training") from exc
+        raise
+    finally:
+        for loader in (train_loader, val_loader):
+            end_workers(loader)
     if cluster.is_main:
         run.record.plot()
         if run.wandb is not None:
@@ -333,9 +346,11 @@ def end_epoch(run: Run, metrics: dict[str, float], examples: list) -> None:
           f"val_loss {metrics['val_loss']:.4f}  val_dice {metrics['val_dice']:.4f}  "
           f"val_iou {metrics['val_iou']:.4f}  lr {metrics['lr']:.2e}  "
           f"{metrics['seconds']:.1f}s", flush=True)
-    run.save(metrics, best=is_best)
+    # The record first: a run killed between the two resumes from the previous last.pt and
+    # drops this line, while the other order would lose it.
     run.record.append({"epoch": state.epoch, "step": state.step, **metrics,
                        "train_seconds": state.train_seconds})
+    run.save(metrics, best=is_best)
     if run.wandb is not None:
         log = {f"epoch/{k}": v for k, v in metrics.items()}
         log.update({"val/dice": metrics["val_dice"], "val/iou": metrics["val_iou"],
@@ -355,9 +370,9 @@ def stopped_outcome(run: Run, stop: StopRequest, metrics: dict[str, float],
              f"{run.plan.epoch_images} images)" if state.epoch_images else
              f"after epoch {state.epoch}")
     return Outcome(metrics, stop.exit_status(),
-                   f"stopped by {stop.name() or 'another process'} {where}, step {state.step}; "
-                   f"{run.last_path} is saved; continue with `python train.py --resume "
-                   f"{run.last_path}`")
+                   f"stopped by {stop.name() or 'a signal to another process'} {where}, step "
+                   f"{state.step}; {run.last_path} is saved: continue with `python train.py "
+                   f"--resume {run.last_path}` (or torchrun, on any number of processes)")
 
 
 if __name__ == "__main__":

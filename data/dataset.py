@@ -8,6 +8,7 @@ the cache applied, so that it leaves cached samples untouched and items are iden
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import FlagError
 from data.imageio import read_image, read_mask
@@ -159,10 +160,27 @@ class ISICDataset(Dataset):
 
 
 def init_loader_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker process. The workers already
-    keep the cores busy (PyTorch limits its own threads in them likewise); OpenCV's thread pool
-    on top only adds contention, which at 256x256 costs more than it gains."""
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker process, and SIGTERM and
+    SIGINT ignored.
+
+    The workers already keep the cores busy (PyTorch limits its own threads in them likewise);
+    OpenCV's thread pool on top only adds contention. A cluster's SIGTERM (or a terminal's
+    Ctrl-C) reaches every process of a job: the training process then finishes its step and
+    saves, and needs its workers for that; it ends them itself (and they end when it dies).
+    """
     cv2.setNumThreads(1)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def end_workers(loader: DataLoader) -> None:
+    """End the worker processes a DataLoader keeps (``persistent_workers``) now. They ignore
+    SIGTERM (see :func:`init_loader_worker`), so they must not be left to the interpreter's
+    exit, which would terminate them with it and wait forever."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 class EpochSampler(Sampler):

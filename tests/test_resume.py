@@ -33,9 +33,11 @@ SLOW_EPOCH_ARGS = [*TINY_TRAIN_ARGS, "--img-size", "128", "--batch-size", "2",
 
 
 def train_env(cwd: Path) -> dict[str, str]:
-    """One thread per run, and W&B offline runs under ``cwd/wandb``."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
-            "WANDB_DIR": str(cwd), "WANDB_SILENT": "true"}
+    """One thread per run, and W&B offline runs under ``cwd/wandb``, each with its own W&B
+    service (not one that a test in this process started)."""
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_DIR": str(cwd),
+            "WANDB_SILENT": "true"}
 
 
 def kill_during_epoch_2(proc: subprocess.Popen, last: Path, timeout: float = 120) -> None:
@@ -72,6 +74,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same_schedule_and_wandb_run(
 
     # What was written before the kill is complete, loadable, and alone (no temp files).
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert len(read_record(ckpt_dir / "metrics.jsonl")) >= load_checkpoint(last)["epoch"]
     before = load_checkpoint(last)
     # Normally epoch 1; on a loaded machine the poll may only see a later epoch's last.pt.
     killed_after = before["epoch"]

@@ -11,7 +11,9 @@ one process as on many.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import get_worker_info
+from torch import nn
 
 from common.device import select_device
 from common.errors import UserError
@@ -80,12 +82,46 @@ def start_cluster(device: str, timeout_minutes: float) -> Cluster:
     return Cluster(rank, world, chosen, dist.new_group(backend="gloo", timeout=timeout))
 
 
+def is_communication_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's failure (gloo raises plain RuntimeErrors)."""
+    return isinstance(exc, dist.DistError) or any(
+        marker in str(exc) for marker in ("gloo", "NCCL", "Connection reset by peer",
+                                          "Connection closed by peer", "Broken pipe"))
+
+
 def peer_lost(exc: BaseException, where: str) -> PeerLostError:
     """The one-line error for a collective that failed because another process is gone."""
-    reason = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split())
+    # gloo: "[.../pair.cc:545] Read error [127.0.0.1]:27044: Connection reset by peer. This..."
+    reason = re.sub(r"^\[[^\]]*\.cc:\d+\]\s*", "", text).split(". ")[0][:160]
     return PeerLostError(f"another training process stopped answering during {where} "
-                         f"({reason}); the run is stopped; resume from the last saved "
-                         "last.pt with --resume")
+                         f"({reason or type(exc).__name__}); the run is stopped; continue from "
+                         "the last saved last.pt with --resume")
+
+
+def weights_digest(modules: list[nn.Module]) -> str:
+    """SHA-256 of every tensor of ``modules`` (their state dicts, in order): equal on two
+    processes exactly when they hold bit-identical weights and buffers."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().flatten().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def replicas_report(cluster: Cluster, modules: list[nn.Module]) -> str:
+    """Whether all processes hold the same weights, compared by :func:`weights_digest`; ``""``
+    in a single process."""
+    if cluster.control is None:
+        return ""
+    digest = weights_digest(modules)
+    digests: list[str | None] = [None] * cluster.world
+    dist.all_gather_object(digests, digest, group=cluster.control)
+    if len(set(digests)) == 1:
+        return f"; all {cluster.world} processes hold identical weights (sha256 {digest[:16]})"
+    shown = ", ".join(f"rank {rank}: {d[:16]}" for rank, d in enumerate(digests))
+    return f"; warning: the processes' weights differ ({shown})"
 
 
 class Agreement:
@@ -116,9 +152,9 @@ class StopRequest:
     stops between steps and saves; a second Ctrl-C interrupts at once. Installed for the
     duration of a ``with`` block (signal handlers can be set in the main thread only).
 
-    Processes forked meanwhile inherit the handler: DataLoader workers ignore the signal (the
-    training process ends them when it is done), any other child (the preparation cache's
-    decoding pool) reacts as it would have without it.
+    Processes forked meanwhile inherit the handler and react as they would have without it
+    (the preparation cache's decoding pool must end when it is terminated); DataLoader workers
+    ignore both signals (see :func:`data.dataset.init_loader_worker`).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -147,8 +183,6 @@ class StopRequest:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _in_child(self, signum: int, frame: FrameType | None) -> None:
-        if get_worker_info() is not None:
-            return
         previous = self._previous.get(signum, signal.SIG_DFL)
         if callable(previous):
             previous(signum, frame)

@@ -15,10 +15,11 @@ CURVES_FILE = "curves.png"
 
 
 class MetricsRecord:
-    """``<checkpoint dir>/metrics.jsonl``: appended after each epoch's checkpoint is saved.
+    """``<checkpoint dir>/metrics.jsonl``: appended after each epoch, just before its
+    checkpoints are saved.
 
     A resumed run first drops the lines of epochs after the checkpoint it resumes from (a run
-    stopped after saving its record but before its checkpoint would otherwise count an epoch
+    stopped after writing its record but before its checkpoint would otherwise count an epoch
     twice), so the record always matches ``last.pt``.
     """
 

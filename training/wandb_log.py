@@ -9,6 +9,7 @@ on without it.
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import sys
@@ -22,8 +23,9 @@ import torch
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_SECONDS = 3.0
-# Bounds wandb.init's own wait when the service answers the probe but not the run's set-up.
-INIT_TIMEOUT_SECONDS = 20.0
+# Bounds wandb.init's own wait when the service answers the probe but not the run's set-up
+# (W&B's WANDB_INIT_TIMEOUT, when set, wins).
+INIT_TIMEOUT_SECONDS = 15.0
 SYNC_HINT = "upload later with `wandb sync wandb/offline-run-*` (after `wandb login`)"
 
 
@@ -93,9 +95,12 @@ class WandbRun:
             print(note, flush=True)
 
         def init(mode: str) -> Any:
+            # The folder is named on every call: W&B keeps the first one of a process.
             return wandb.init(project=project, config=config, id=run_id, mode=mode,
                               resume="allow" if run_id else None,
-                              settings=wandb.Settings(init_timeout=INIT_TIMEOUT_SECONDS))
+                              dir=os.environ.get("WANDB_DIR", os.getcwd()),
+                              settings=wandb.Settings(init_timeout=float(os.environ.get(
+                                  "WANDB_INIT_TIMEOUT", INIT_TIMEOUT_SECONDS))))
 
         try:
             return cls(init(mode))
@@ -125,8 +130,11 @@ class WandbRun:
         try:
             action(self.run)
         except Exception as exc:
-            self.run = None
+            run, self.run = self.run, None
             self.failed(exc)
+            # End the run W&B still holds, so that nothing waits on it later.
+            with contextlib.suppress(Exception):
+                run.finish(exit_code=1)
 
     def log(self, values: dict[str, Any], step: int) -> None:
         self._call(lambda run: run.log(values, step=step))
@@ -161,5 +169,5 @@ class WandbRun:
 
 
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
