@@ -32,9 +32,8 @@ from common.errors import run_script
 from common.seeding import seed_everything
 from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
 from data.dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     EpochSampler,
+    FileSource,
     ISICDataset,
     end_workers,
     eval_transforms,
@@ -42,6 +41,7 @@ from data.dataset import (
     train_transforms,
 )
 from data.layouts import DatasetError, Pair
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from models import count_parameters
 from training.distributed import (
@@ -189,7 +189,8 @@ def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair]
                    val_pairs: list[Pair], cluster: Cluster) -> tuple[ISICDataset, ISICDataset]:
     """Training and validation datasets, read from the preparation cache unless --no-cache;
     rank 0 builds what is missing while the others wait."""
-    train_source, val_source = train_pairs, val_pairs
+    train_source = FileSource(train_pairs, args.img_size)
+    val_source = FileSource(val_pairs, args.img_size)
     if args.cache:
         caches = None
         if cluster.is_main:

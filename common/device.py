@@ -1,9 +1,8 @@
-"""Device and precision: which device to run on, which autocast dtype, the memory format, and
-the command-line flags that choose them (one definition for every script)."""
+"""Device and precision: which device to run on, which autocast dtype and memory format (the
+flags that choose them are in :mod:`common.options`)."""
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,7 @@ from typing import Any
 import torch
 
 from common.errors import FlagError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from common.options import PRECISIONS
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -136,18 +134,3 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-
-
-def add_hardware_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                         channels_last: bool = False) -> None:
-    """``--device`` and ``--precision`` (and ``--no-channels-last`` when asked)."""
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps "
-                        "(default: %(default)s)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 autocast on Ampere+ GPUs and CPUs with bf16 "
-                        "instructions, fp16 on older GPUs, else fp32 (default: %(default)s)")
-    if channels_last:
-        parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                            help="keep the NCHW memory format (channels_last is faster with "
-                            "autocast)")

@@ -9,7 +9,8 @@ the cache applied, so that it leaves cached samples untouched and items are iden
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import albumentations as A
@@ -19,23 +20,33 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import FlagError
-from data.imageio import read_image, read_mask
+from data.imageio import read_image, read_image_reduced, read_mask
 from data.layouts import DatasetError, Pair
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, area_resize, normalize
 
 
-def resize_transform(img_size: int) -> A.Resize:
-    """Area-average resize of image and mask to ``img_size`` square.
+def resize_transform(img_size: int) -> A.Lambda:
+    """Area-average resize of image and mask to ``img_size`` square
+    (:func:`data.preprocess.area_resize`, as prediction resizes).
 
     The ``{0, 1}`` uint8 mask is area-averaged too and rounded back to ``{0, 1}`` (binarised at
     0.5), which follows the lesion border more faithfully than nearest neighbour. An input
     already at ``img_size`` is returned unchanged, which is what makes cached samples (resized
     by this same transform) give the same items as the original files.
     """
-    return A.Resize(img_size, img_size, interpolation=cv2.INTER_AREA,
-                    mask_interpolation=cv2.INTER_AREA)
+    resize = partial(_apply, area_resize, size=img_size)
+    return A.Lambda(image=resize, mask=resize, p=1.0)
+
+
+def normalize_transform(mean: Sequence[float], std: Sequence[float]) -> A.Lambda:
+    """:func:`data.preprocess.normalize`, the last step of every transform."""
+    return A.Lambda(image=partial(_apply, normalize, mean=mean, std=std), p=1.0)
+
+
+def _apply(function: Callable[..., np.ndarray], array: np.ndarray, **kwargs: Any) -> np.ndarray:
+    # albumentations passes its own parameters too; the function takes only its own.
+    own = {key: kwargs[key] for key in ("size", "mean", "std") if key in kwargs}
+    return function(array, **own)
 
 
 AUGMENTATIONS = ("flips", "default", "strong")
@@ -67,38 +78,45 @@ def train_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.9),
             A.GaussianBlur(blur_limit=(3, 5), p=0.2),
         ]
-    return A.Compose([*steps, A.Normalize(mean=mean, std=std)])
+    return A.Compose([*steps, normalize_transform(mean, std)])
 
 
 def eval_transforms(img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> A.Compose:
     """Resize to ``img_size`` square and normalise; nothing random."""
-    return A.Compose([
-        resize_transform(img_size),
-        A.Normalize(mean=mean, std=std),
-    ])
+    return A.Compose([resize_transform(img_size), normalize_transform(mean, std)])
 
 
-def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(pair: Pair, img_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair: ``(H, W, 3)`` uint8 RGB image and ``(H, W)`` uint8 mask in ``{0, 1}``.
+
+    Args:
+        img_size: the size the pair will be resized to: a large JPEG is then decoded at reduced
+            scale (:func:`data.imageio.read_image_reduced`), as the preparation cache does.
 
     Raises:
         CorruptFileError: a file cannot be decoded (see :mod:`data.imageio`).
         DatasetError: image and mask differ in size.
     """
-    image, mask = read_image(pair.image), read_mask(pair.mask)
-    check_same_size(pair, image, mask)
+    if img_size is None:
+        image = read_image(pair.image)
+        size = image.shape[:2]
+    else:
+        image, size = read_image_reduced(pair.image, img_size)
+    mask = read_mask(pair.mask)
+    check_same_size(pair, size, mask.shape[:2])
     return image, mask
 
 
-def check_same_size(pair: Pair, image: np.ndarray, mask: np.ndarray) -> None:
-    """Raises :class:`DatasetError` naming both files when ``image`` and ``mask`` of ``pair``
-    differ in height or width."""
-    if image.shape[:2] != mask.shape[:2]:
-        raise DatasetError(
-            f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but image {pair.image} "
-            f"is {image.shape[1]}x{image.shape[0]}; they must have the same size"
-        )
+def check_same_size(pair: Pair, image: tuple[int, int], mask: tuple[int, int]) -> None:
+    """Raises :class:`DatasetError` naming both files when the image and mask ``(height,
+    width)`` of ``pair`` differ (the image's as a viewer shows it, EXIF orientation applied)."""
+    if tuple(image) == tuple(mask):
+        return
+    turned = ("; the image has an EXIF orientation: draw masks on the image as viewers show "
+              "it" if tuple(image) == tuple(mask)[::-1] else "")
+    raise DatasetError(f"mask {pair.mask} is {mask[1]}x{mask[0]} but image {pair.image} is "
+                       f"{image[1]}x{image[0]}; they must have the same size{turned}")
 
 
 class Source(Protocol):
@@ -113,18 +131,20 @@ class Source(Protocol):
 
 
 class FileSource:
-    """Image/mask pairs decoded from their original files on every load."""
+    """Image/mask pairs decoded from their original files on every load (at reduced scale for
+    ``img_size``, see :func:`load_pair`)."""
 
-    def __init__(self, pairs: Sequence[Pair]) -> None:
+    def __init__(self, pairs: Sequence[Pair], img_size: int | None = None) -> None:
         self.pairs = list(pairs)
         self.ids = [pair.id for pair in self.pairs]
+        self.img_size = img_size
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """See :func:`load_pair`."""
-        return load_pair(self.pairs[index])
+        return load_pair(self.pairs[index], self.img_size)
 
 
 class ISICDataset(Dataset):

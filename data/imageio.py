@@ -6,6 +6,11 @@ short) with only a warning on stderr; both are reported here as :class:`CorruptF
 Images are returned in the orientation every image viewer shows them in: an EXIF orientation
 tag (which phone dermatoscopes write) is applied, so masks drawn on the photo as it is seen fit
 it. Masks are read as stored (PNG masks carry no orientation).
+
+A model that sees 128x128 pixels needs no 6000x4000 decode: :func:`read_image_reduced` lets
+the JPEG decoder scale by 1/2, 1/4 or 1/8 in its DCT (a proper low-pass, several times faster
+than decoding everything), as long as the result keeps at least twice the pixels the model
+needs on each side, and takes the original size from the file's header.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ import cv2
 import numpy as np
 
 from common.errors import MissingFileError, UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class CorruptFileError(UserError, ValueError):
@@ -43,9 +46,7 @@ def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarr
         CorruptFileError: the file is empty, truncated or not a decodable image.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path} does not exist")
-    return decode_bytes(path.read_bytes(), path, flags)
+    return decode_bytes(read_bytes(path), path, flags)
 
 
 def decode_bytes(data: bytes, path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -73,19 +74,27 @@ ORIENT = {
 }
 
 
-def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation (1 to 8) of an encoded image, 1 when it has none; only the header
-    is parsed."""
-    if data[:3] != b"\xff\xd8\xff" and b"Exif" not in data[:65536]:
-        return 1
+JPEG_START = b"\xff\xd8\xff"
+# The JPEG decoder's DCT scalings, largest first.
+REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+              (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def image_header(data: bytes) -> tuple[int, tuple[int, int] | None]:
+    """The EXIF orientation (1 to 8; 1 when there is none) of an encoded image, and its stored
+    ``(height, width)`` (``None`` when the header cannot be read); only the header is parsed.
+    """
+    if data[:3] != JPEG_START and b"Exif" not in data[:65536]:
+        return 1, None
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             value = image.getexif().get(EXIF_ORIENTATION, 1)
+            width, height = image.size
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return 1
-    return value if value in ORIENT else 1
+        return 1, None
+    return (value if value in ORIENT else 1), (height, width)
 
 
 def orient(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -119,17 +128,59 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_image_bgr(path: str | Path) -> np.ndarray:
     """:func:`read_image` in OpenCV's BGR channel order."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path} does not exist")
-    data = path.read_bytes()
-    array = _to_uint8(decode_bytes(data, path, cv2.IMREAD_UNCHANGED))
+    data = read_bytes(path)
+    return orient(_to_bgr(decode_bytes(data, path, cv2.IMREAD_UNCHANGED)), image_header(data)[0])
+
+
+def _to_bgr(array: np.ndarray) -> np.ndarray:
+    array = _to_uint8(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:
-        array = cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
-    elif array.shape[2] == 4:
-        array = cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
-    return orient(array, exif_orientation(data))
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
+    return array
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; raises :class:`MissingFileError` when it does not exist."""
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist")
+    return path.read_bytes()
+
+
+def reduction(height: int, width: int, min_side: int) -> int:
+    """The largest JPEG decoder scaling (8, 4, 2; else 1) that leaves at least ``2 * min_side``
+    pixels on each side of a ``height`` x ``width`` image."""
+    return next((factor for factor, _ in REDUCTIONS
+                 if min(height, width) >= 2 * min_side * factor), 1)
+
+
+def read_image_reduced(path: str | Path, min_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image as RGB (EXIF orientation applied) for a model that resizes it to
+    ``min_side`` pixels or fewer: a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (see
+    :func:`reduction`), anything else in full.
+
+    Returns:
+        The RGB uint8 image (perhaps smaller than the file's), and the original ``(height,
+        width)`` as a viewer shows it: the size a full-resolution mask must have.
+
+    Raises:
+        MissingFileError, CorruptFileError: see :func:`decode_file`.
+    """
+    path = Path(path)
+    data = read_bytes(path)
+    orientation, stored = image_header(data)
+    factor = reduction(*stored, min_side) if stored and data[:3] == JPEG_START else 1
+    if factor == 1:
+        image = orient(_to_bgr(decode_bytes(data, path, cv2.IMREAD_UNCHANGED)), orientation)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), image.shape[:2]
+    flag = dict(REDUCTIONS)[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    image = orient(decode_bytes(data, path, flag), orientation)
+    height, width = stored
+    size = (width, height) if orientation >= 5 else (height, width)  # 5 to 8 turn by 90
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -150,4 +201,5 @@ def binarise_mask(array: np.ndarray) -> np.ndarray:
         array = array[:, :, 0]
     if array.max() == 1:
         return (array > 0).astype(np.uint8)
-    return (_to_uint8(array) > 127).astype(np.uint8)
+    # OpenCV's threshold: one fast pass over a full-resolution mask.
+    return cv2.threshold(_to_uint8(array), 127, 1, cv2.THRESH_BINARY)[1]

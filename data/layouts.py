@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from data.imageio import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # (layout name, split) -> (image folder, mask folder), as the official zips unpack.
 LAYOUTS: dict[tuple[str, str], tuple[str, str]] = {

@@ -169,12 +169,18 @@ def bundle_from_checkpoint(payload: dict[str, Any], path: Path | None = None) ->
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; use a best.pt or last.pt "
                               "written by this project's train.py")
-    return _bundle(payload, payload["model"], path,
-                   {key: payload[key] for key in INFO_KEYS if key in payload})
+    return settings_bundle(payload, payload["model"], path)
 
 
-def _bundle(settings: dict[str, Any], weights: dict[str, torch.Tensor], path: Path | None,
-            info: dict[str, Any]) -> ModelBundle:
+def settings_bundle(settings: dict[str, Any], weights: dict[str, torch.Tensor],
+                    path: Path | None) -> ModelBundle:
+    """A :class:`ModelBundle` of ``weights`` and the prediction settings and provenance
+    (:data:`INFO_KEYS`) found in ``settings``.
+
+    Raises:
+        CheckpointError: a setting is missing or malformed.
+    """
+    info = {key: settings[key] for key in INFO_KEYS if key in settings}
     try:
         config = UNetConfig.from_dict(settings["model_config"])
         norm = settings["normalization"]
@@ -249,5 +255,4 @@ def load_safetensors(path: Path) -> ModelBundle:
                   if key in (*PREDICTION_KEYS, *INFO_KEYS)}
     except ValueError as exc:
         raise CheckpointError(f"{path} has unreadable metadata ({exc})") from exc
-    return _bundle(values, weights, path, {key: values[key] for key in INFO_KEYS
-                                           if key in values})
+    return settings_bundle(values, weights, path)

@@ -96,11 +96,11 @@ class UNet(nn.Module):
         ) if config.deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        # Padded and cropped whatever the size (by zero pixels when it is a multiple already):
+        # no branch on the size, so that one exported graph serves every size.
         height, width = x.shape[-2:]
         multiple = 2**self.config.depth
         pad_h, pad_w = -height % multiple, -width % multiple
-        if not (pad_h or pad_w):
-            return self._forward_padded(x)
         top, left = pad_h // 2, pad_w // 2
         outputs = self._forward_padded(F.pad(x, [left, pad_w - left, top, pad_h - top]))
         box = (top, left, height, width)

@@ -29,7 +29,8 @@ import csv
 import heapq
 import json
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,8 @@ from evaluation import (  # noqa: E402
 )
 from models.bundled import describe_model  # noqa: E402
 from models.checkpoint import CheckpointError  # noqa: E402
-from predict import (  # noqa: E402
-    Predictor,
-    add_prediction_options,
-    draw_contour,
-    postprocess,
-    predictor_from_args,
-)
+from models.predictor import Prediction, Predictor, draw_contour, postprocess  # noqa: E402
+from predict import add_prediction_options, predictor_from_args  # noqa: E402
 
 RESULTS_DIR = Path("results")
 # Preferred split of a layout when --split is not given: held-out data first.
@@ -132,7 +128,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise FlagError("score either a checkpoint (--checkpoint/--data) or a folder of "
                              "masks (--pred/--gt), not both")
         ignored = [flag for flag, value in (("--tta", args.tta), ("--threshold", args.threshold),
-                                            ("--resolution model", args.resolution == "model"))
+                                            ("--resolution model", args.resolution == "model"),
+                                            ("--full-decode", args.full_decode))
                    if value]
         if ignored:
             raise FlagError(f"{', '.join(ignored)}: only with --checkpoint (--pred masks are "
@@ -277,17 +274,20 @@ class WorstCases:
     def __init__(self, count: int) -> None:
         self.count = count
         self._heap: list[tuple[float, str, Case]] = []  # keyed by -jaccard: the root is the best
+        self._lock = threading.Lock()  # offered from the threads that score
 
     def offer(self, id_: str, jaccard: float, image: Path | None, truth: np.ndarray,
               prediction: np.ndarray) -> None:
         key = (-jaccard, id_)
-        if len(self._heap) == self.count and (not self.count or key < self._heap[0][:2]):
-            return
+        with self._lock:
+            if len(self._heap) == self.count and (not self.count or key < self._heap[0][:2]):
+                return
         case = Case(jaccard, id_, image, thumbnail(truth), thumbnail(prediction))
-        if len(self._heap) < self.count:
-            heapq.heappush(self._heap, (*key, case))
-        else:
-            heapq.heapreplace(self._heap, (*key, case))
+        with self._lock:
+            if len(self._heap) < self.count:
+                heapq.heappush(self._heap, (*key, case))
+            elif key > self._heap[0][:2]:
+                heapq.heapreplace(self._heap, (*key, case))
 
     def cases(self) -> list[Case]:
         return sorted(case for *_, case in self._heap)
@@ -318,22 +318,28 @@ def progress(total: int) -> tqdm:
 
 def score_original(predictor: Predictor, pairs: Sequence[Pair],
                    worst: WorstCases) -> list[dict[str, Any]]:
-    """Predict each image at its original size (as predict.py does) and score it there; one
-    batch of full-size images is in memory at a time."""
+    """Predict each image at its original size (as predict.py does, decoding and scoring in
+    threads beside the model) and score it there; rows in id order."""
+    by_image = {pair.image: pair for pair in pairs}
+
+    def score(path: Path, prediction: Prediction) -> dict[str, Any]:
+        pair = by_image[path]
+        truth = read_scored_mask(pair.mask)
+        if truth.shape != prediction.mask.shape:
+            raise DatasetError(
+                f"mask {pair.mask} is {truth.shape[1]}x{truth.shape[0]} but image "
+                f"{pair.image} is {prediction.mask.shape[1]}x{prediction.mask.shape[0]}; they "
+                "must have the same size (as the image is shown, EXIF orientation applied)")
+        return score_row(pair.id, prediction.mask, truth, pair.image, worst)
+
     rows = []
     with progress(len(pairs)) as bar:
-        for chunk in chunks(pairs, predictor.batch_size):
-            predictions = predictor.predict_batch([read_image(pair.image) for pair in chunk])
-            for pair, prediction in zip(chunk, predictions):
-                truth = read_scored_mask(pair.mask)
-                if truth.shape != prediction.mask.shape:
-                    raise DatasetError(
-                        f"mask {pair.mask} is {truth.shape[1]}x{truth.shape[0]} but image "
-                        f"{pair.image} is {prediction.mask.shape[1]}x{prediction.mask.shape[0]}"
-                        "; they must have the same size")
-                rows.append(score_row(pair.id, prediction.mask, truth, pair.image, worst))
-                bar.update()
-    return rows
+        for _, outcome in predictor.predict_files(list(by_image), score):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            rows.append(outcome)
+            bar.update()
+    return sorted(rows, key=lambda row: row["id"])
 
 
 def score_model_size(predictor: Predictor, pairs: Sequence[Pair],
@@ -368,11 +374,6 @@ def score_files(files: Sequence[MaskFiles], args: argparse.Namespace,
         prediction = postprocess(prediction, args.keep_largest, args.fill_holes)
         rows.append(score_row(item.id, prediction, truth, item.image, worst))
     return rows
-
-
-def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # ---------------------------------------------------------------- the report
@@ -501,7 +502,7 @@ def evaluate_checkpoint(args: argparse.Namespace, worst: WorstCases) -> tuple[li
                 "resolution": args.resolution, "threshold": predictor.threshold,
                 "tta": args.tta, "keep_largest": args.keep_largest,
                 "fill_holes": args.fill_holes, "precision": args.precision,
-                "img_size": predictor.img_size}
+                "full_decode": args.full_decode, "img_size": predictor.img_size}
     ckpt = Path(checkpoint)
     return rows, settings, f"{ckpt.parent.name}-{ckpt.stem}_{data_label}"
 
@@ -524,6 +525,7 @@ def evaluate_files(args: argparse.Namespace, worst: WorstCases) -> tuple[list, d
 def report_name(base: str, args: argparse.Namespace) -> str:
     """``base`` plus a suffix per non-default setting, so that runs do not overwrite others."""
     suffixes = [("model", args.resolution == "model"), ("tta", args.tta),
+                ("fulldecode", args.full_decode),
                 ("largest", args.keep_largest), ("filled", args.fill_holes),
                 (f"t{args.threshold}", args.threshold is not None)]
     return "_".join([base, *(name for name, used in suffixes if used)])

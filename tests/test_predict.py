@@ -363,7 +363,11 @@ def test_postprocess_keeps_the_largest_region_and_fills_holes():
 # --------------------------------------------------------------------------- large images
 
 
-def test_a_4288x2848_image_needs_only_a_few_full_size_arrays(tmp_path, checkpoint, capsys):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_4288x2848_image_needs_only_a_few_full_size_arrays(tmp_path, checkpoint, capsys,
+                                                            workers):
+    # A batch of 8 does not mean 8 full-size arrays: each worker finishes one image at a time
+    # (float32 logits, the mask, its PNG), and the JPEGs are decoded at 1/8 scale.
     height, width = 2848, 4288
     image = np.zeros((height, width, 3), np.uint8)
     image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
@@ -371,12 +375,14 @@ def test_a_4288x2848_image_needs_only_a_few_full_size_arrays(tmp_path, checkpoin
         write(tmp_path / "in" / f"big{index}.jpg", image)
     del image
     full_rgb = height * width * 3
-    for options, budget in (([], 3), (["--overlay", "--save-probabilities", "--keep-largest",
-                                       "--fill-holes"], 4)):
+    for options, budget in (([], 1 + 2 * workers), (["--overlay", "--save-probabilities",
+                                                     "--keep-largest", "--fill-holes"],
+                                                    2 + 3 * workers)):
         tracemalloc.start()
         try:
             rc = run_predict(checkpoint, "--input", str(tmp_path / "in"), "--output",
-                             str(tmp_path / "out"), "--batch-size", "8", *options)
+                             str(tmp_path / "out"), "--batch-size", "8", "--workers",
+                             str(workers), *options)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from common.device import add_hardware_options
 from common.errors import FlagError
+from common.options import add_hardware_options
 from data.dataset import AUGMENTATIONS
 from data.splits import SplitSettings
 from models.checkpoint import load_checkpoint

@@ -18,7 +18,7 @@ from torch import nn
 
 from common.device import Hardware
 from common.seeding import rng_state, set_rng_state
-from data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from models import UNet, UNetConfig, build_model
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.distributed import Cluster

@@ -1,0 +1,23 @@
+"""Command-line flags that several scripts share, defined once (and without importing PyTorch,
+so that ``--help`` answers at once)."""
+
+from __future__ import annotations
+
+import argparse
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def add_hardware_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                         channels_last: bool = False) -> None:
+    """``--device`` and ``--precision`` (and ``--no-channels-last`` when asked)."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps "
+                        "(default: %(default)s)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 autocast on Ampere+ GPUs and CPUs with bf16 "
+                        "instructions, fp16 on older GPUs, else fp32 (default: %(default)s)")
+    if channels_last:
+        parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                            help="keep the NCHW memory format (channels_last is faster with "
+                            "autocast)")
