@@ -216,7 +216,9 @@ def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICD
                   cluster: Cluster) -> tuple[DataLoader, DataLoader]:
     """Each process trains on its share of every epoch (:class:`EpochSampler`) and validates
     a disjoint slice of the validation set (no padding, no duplicates), so that the reduced
-    mean is the number a single process computes."""
+    mean is the number a single process computes. Validation items from the preparation cache
+    cost microseconds, so they are read in the process itself: worker processes would take
+    longer to start than the items to read."""
     sampler = EpochSampler(len(train_ds), args.seed, cluster.rank, cluster.world)
     if len(sampler) < 1:
         raise DatasetError(f"{len(train_ds)} training images are too few for {cluster.world} "
@@ -227,6 +229,8 @@ def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICD
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler,
                               drop_last=len(sampler) >= args.batch_size, **common)
     val_shard = Subset(val_ds, range(cluster.rank, len(val_ds), cluster.world))
+    if args.cache:
+        common.update(num_workers=0, persistent_workers=False)
     return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **common)
 
 

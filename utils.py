@@ -12,7 +12,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
 
 from common.errors import FlagError
 
@@ -59,11 +58,15 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean focal loss (Lin et al., 2017; gamma 2, no class weighting): cross-entropy scaled
-    by ``(1 - p_t)**2``, so that pixels already classified well count little."""
-    return sigmoid_focal_loss(logits.float(), target.float(), alpha=-1, gamma=2.0,
-                              reduction="mean")
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean focal loss (Lin et al., 2017; no class weighting): the per-pixel cross-entropy
+    scaled by ``(1 - p_t) ** gamma``, where ``p_t`` is the probability given to the true
+    class, so that pixels already classified well count little."""
+    logits, target = logits.float(), target.float()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    probability = torch.sigmoid(logits)
+    p_true = probability * target + (1 - probability) * (1 - target)
+    return (cross_entropy * (1 - p_true) ** gamma).mean()
 
 
 PIXEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

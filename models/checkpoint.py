@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,30 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path, durable: bool = T
     """
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    with atomic_file(path) as f:
+    with atomic_file(path) as f, without_crc32():
         torch.save(payload, f)
         if durable:
             f.flush()
             os.fsync(f.fileno())
     return path
+
+
+@contextmanager
+def without_crc32() -> Iterator[None]:
+    """torch.save without the zip entries' CRC-32, which takes 70 % of the time of writing a
+    checkpoint (1.29 s of 0.47 GB last.pt, 0.37 s without); integrity comes from the atomic
+    rename and the fsync. Older PyTorch versions, without the setting, compute it."""
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        yield
+        return
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
 
 
 class atomic_file:

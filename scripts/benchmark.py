@@ -33,10 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed steps first (they also compile, with --compile)")
     p.add_argument("--compile", action="store_true",
                    help="add every setting compiled with torch.compile (slow on a CPU)")
+    p.add_argument("--onnx", action="store_true",
+                   help="add an inference row of the model exported to ONNX and run by ONNX "
+                   "Runtime (fp32; its CUDA provider on a GPU when installed)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p
 
@@ -235,6 +240,28 @@ def measure(setting: Setting, config: UNetConfig, device: torch.device,
     return result
 
 
+def measure_onnx(config: UNetConfig, device: torch.device,
+                 options: argparse.Namespace) -> dict[str, Any]:
+    """Inference images per second of the model exported to ONNX, in ONNX Runtime."""
+    from models.checkpoint import ModelBundle
+    from models.onnx_model import OnnxRunner, export_onnx
+
+    torch.manual_seed(0)
+    bundle = ModelBundle(config, build_model(config).state_dict(), options.img_size,
+                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(bundle, Path(tmp) / "model.onnx")
+        runner = OnnxRunner(path, device.type)
+        image = torch.randn(options.batch_size, 3, options.img_size, options.img_size)
+        cpu = Hardware(torch.device("cpu"))  # the runner takes and returns CPU tensors
+        reset_peak_memory(device)
+        rate = images_per_second(lambda: runner(image), options.batch_size, cpu, options)
+    return {"setting": f"{runner.describe()}, fp32", "precision": "fp32",
+            "channels_last": False, "compile": False, "train_img_s": None,
+            "train_peak_mib": None, "inference_img_s": rate,
+            "inference_peak_mib": peak_memory_mib(device)}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -252,6 +279,9 @@ def benchmark(options: argparse.Namespace) -> dict:
         rows.append({"setting": setting.name(device), "precision": setting.precision,
                      "channels_last": setting.channels_last, "compile": setting.compile,
                      **measure(setting, config, device, options)})
+    if options.onnx:
+        print("measuring ONNX Runtime ...", file=sys.stderr, flush=True)
+        rows.append(measure_onnx(config, device, options))
     add_rates(rows, flops)
     return {"device": describe(device), "torch": torch.__version__,
             "model": config.to_dict(), "parameters": count_parameters(build_model(config)),
@@ -264,8 +294,10 @@ def add_rates(rows: list[dict], flops: dict[str, int]) -> None:
     baseline = rows[0]
     for row in rows:
         for phase in ("train", "inference"):
-            row[f"{phase}_tflops"] = flops[phase] * row[f"{phase}_img_s"] / 1e12
-            row[f"{phase}_speedup"] = row[f"{phase}_img_s"] / baseline[f"{phase}_img_s"]
+            rate = row[f"{phase}_img_s"]
+            row[f"{phase}_tflops"] = None if rate is None else flops[phase] * rate / 1e12
+            row[f"{phase}_speedup"] = (None if rate is None
+                                       else rate / baseline[f"{phase}_img_s"])
 
 
 def describe(device: torch.device) -> str:
@@ -282,8 +314,11 @@ def memory_meaning(device: torch.device) -> str:
     return "process peak resident set size so far (ru_maxrss; never decreases over rows)"
 
 
-def number(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+def number(value: float | None, template: str = "{}") -> str:
+    """``value`` to three significant digits (``-`` for none), placed in ``template``."""
+    if value is None:
+        return "-"
+    return template.format(f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}")
 
 
 def markdown(results: dict) -> str:
@@ -304,9 +339,11 @@ def markdown(results: dict) -> str:
         cells = [row["setting"]]
         for phase in ("train", "inference"):
             cells.append(number(row[f"{phase}_img_s"]))
-        cells += [f"{row[f'{phase}_speedup']:.2f}x" for phase in ("train", "inference")]
+        cells += ["-" if row[f"{phase}_speedup"] is None else f"{row[f'{phase}_speedup']:.2f}x"
+                  for phase in ("train", "inference")]
         cells += [number(row[f"{phase}_tflops"]) for phase in ("train", "inference")]
-        cells += [f"{row[f'{phase}_peak_mib']:.0f}" for phase in ("train", "inference")]
+        cells += ["-" if row[f"{phase}_peak_mib"] is None else f"{row[f'{phase}_peak_mib']:.0f}"
+                  for phase in ("train", "inference")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

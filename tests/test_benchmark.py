@@ -80,3 +80,12 @@ def test_bad_options_give_one_error_line(flags: list[str], message: str,
 def test_missing_cuda_gives_one_error_line(capsys: pytest.CaptureFixture) -> None:
     assert benchmark.main([*TINY, "--device", "cuda"]) == 1
     assert capsys.readouterr().err.startswith("error: --device cuda: CUDA is not available")
+
+
+def test_the_onnx_row_gives_inference_only(capsys: pytest.CaptureFixture) -> None:
+    assert benchmark.main([*TINY, "--onnx"]) == 0
+    _, rows = markdown_table(capsys.readouterr().out)
+    onnx = rows[-1]
+    assert onnx[0] == "ONNX Runtime (CPUExecutionProvider), fp32"
+    assert onnx[1] == onnx[3] == onnx[5] == onnx[7] == "-"  # no training in ONNX Runtime
+    assert float(onnx[2]) > 0 and onnx[4].endswith("x")

@@ -90,3 +90,14 @@ def test_load_refuses_foreign_checkpoints(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="garbage.pt"):
         load_checkpoint(garbage)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_checkpoints_are_created_with_the_users_umask(tmp_path: Path, umask: int,
+                                                      mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint({"epoch": 1}, tmp_path / "best.pt")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode

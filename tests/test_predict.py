@@ -400,3 +400,12 @@ def test_a_full_resolution_isic_image(tmp_path, checkpoint, capsys):
     mask = read_png(tmp_path / f"{first.stem}_segmentation.png")
     assert mask.shape == read_image(first).shape[:2]
     assert set(np.unique(mask).tolist()) <= {0, 255}
+
+
+def test_help_answers_without_importing_pytorch() -> None:
+    result = subprocess.run([sys.executable, "-X", "importtime", "predict.py", "--help"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--checkpoint" in result.stdout
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not {"torch", "cv2", "albumentations", "numpy"} & imported, sorted(imported)

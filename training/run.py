@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from common.device import Hardware
@@ -131,7 +130,7 @@ def build_run(args: argparse.Namespace, cluster: Cluster, hardware: Hardware,
     DistributedDataParallel under torchrun) and the metrics record."""
     model = hardware.module(build_model(model_config(args)))
     ema = ModelEMA(model, args.ema) if args.ema else None
-    module: nn.Module = torch.compile(model) if args.compile else model
+    module: nn.Module = model
     if cluster.world > 1:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[cluster.device] if cluster.device.type == "cuda" else None)
@@ -139,5 +138,7 @@ def build_run(args: argparse.Namespace, cluster: Cluster, hardware: Hardware,
     # them is the same either way.
     optimisation = Optimisation.create(module, hardware, args.lr, args.weight_decay, args.loss,
                                        args.grad_clip)
+    if args.compile:
+        optimisation.compile()  # after the DDP wrap, as PyTorch recommends
     return Run(args, cluster, hardware, model, ema, optimisation, plan, TrainState(),
                MetricsRecord(Path(args.checkpoint_dir)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -11,16 +12,22 @@ from common.device import Hardware
 from utils import SegmentationLoss
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the model's parameters."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the model's parameters: the fused kernel on CPUs and GPUs (one pass over
+    each tensor instead of several; measured 2.2 times faster on the 31 M-parameter U-Net on
+    a CPU, see docs/experiments.md), the multi-tensor one elsewhere."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             fused=fused or None)
 
 
 @dataclass
 class Optimisation:
     """What a training step needs: the module to call (possibly compiled or wrapped in
     DistributedDataParallel), its optimiser and gradient scaler, the loss, the hardware
-    settings and the gradient-norm clip (0: off)."""
+    settings and the gradient-norm clip (0: off); ``eager`` is the module before
+    ``torch.compile``, which the step falls back to when compiling fails."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -28,6 +35,7 @@ class Optimisation:
     loss_fn: SegmentationLoss
     hardware: Hardware
     grad_clip: float
+    eager: nn.Module | None = None
 
     @classmethod
     def create(cls, model: nn.Module, hardware: Hardware, lr: float, weight_decay: float,
@@ -35,16 +43,37 @@ class Optimisation:
         """AdamW, a grad scaler that is on for fp16 only, and the named loss."""
         scaler = torch.amp.GradScaler(hardware.device.type,
                                       enabled=hardware.amp_dtype == torch.float16)
-        return cls(model, make_optimizer(model, lr, weight_decay), scaler,
+        return cls(model, make_optimizer(model, lr, weight_decay, hardware.device), scaler,
                    SegmentationLoss(loss), hardware, grad_clip)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def compile(self) -> None:
+        """Let ``torch.compile`` fuse the model's kernels from the next step on."""
+        self.eager, self.model = self.model, torch.compile(self.model)
+
     def step(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Forward, backward, clip and update on one batch already on the device; returns the
-        loss, still on the device (reading it would synchronise)."""
+        loss, still on the device (reading it would synchronise).
+
+        A compiled model compiles in its first steps; if that fails (no C++ compiler on a
+        CPU, say), one line says so and training goes on without it: the failure comes before
+        any weight changed.
+        """
+        if self.eager is None:
+            return self._step(image, mask)
+        try:
+            return self._step(image, mask)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            reason = " ".join(str(exc).split())[:200]
+            print(f"warning: torch.compile failed ({reason}); training without it",
+                  file=sys.stderr, flush=True)
+            self.model, self.eager = self.eager, None
+            return self._step(image, mask)
+
+    def _step(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with self.hardware.autocast():
             loss = self.loss_fn(self.model(image), mask)
         self.optimizer.zero_grad(set_to_none=True)
