@@ -132,8 +132,8 @@ def is_output(path: Path) -> bool:
 def _expand(pattern: str) -> list[Path]:
     path = Path(pattern)
     if path.is_dir():
-        # Masks and earlier outputs in the folder (--output may be the input folder) are no
-        # images to predict.
+        # Masks and outputs of a previous run in the folder (--output may be the input folder)
+        # are no images to predict.
         return [image for image in find_images(path) if not is_output(image)]
     if path.exists():
         return [path]  # named explicitly: taken whatever its extension

@@ -167,6 +167,8 @@ def train_epochs(run: Run, train_loader: DataLoader, val_loader: DataLoader,
         metrics.update(train_loss=epoch.loss, lr=lr_at(run.plan.progress(state), run.args),
                        seconds=time.perf_counter() - started,
                        images_per_second=epoch.images / max(epoch.seconds, 1e-9))
+        if run.hardware.device.type == "cuda":
+            metrics["gpu_memory_mib"] = torch.cuda.max_memory_allocated(run.hardware.device) / 2**20
         end_epoch(run, metrics, examples)
         stop_agreed = agreement.exchange(state.train_seconds, stop.requested)[1]
         if stop_agreed and not run.plan.finished(state):
@@ -347,10 +349,13 @@ def end_epoch(run: Run, metrics: dict[str, float], examples: list) -> None:
     state.best_dice = max(state.best_dice, metrics["val_dice"])
     if not run.cluster.is_main:
         return
+    memory = (f"  GPU {metrics['gpu_memory_mib'] / 1024:.1f} GiB" if "gpu_memory_mib" in metrics
+              else "")
     print(f"epoch {state.epoch}/{run.args.epochs}  train_loss {metrics['train_loss']:.4f}  "
           f"val_loss {metrics['val_loss']:.4f}  val_dice {metrics['val_dice']:.4f}  "
           f"val_iou {metrics['val_iou']:.4f}  lr {metrics['lr']:.2e}  "
-          f"{metrics['seconds']:.1f}s", flush=True)
+          f"{metrics['seconds']:.1f}s  {metrics['images_per_second']:.1f} img/s{memory}",
+          flush=True)
     # The record first: a run killed between the two resumes from the previous last.pt and
     # drops this line, while the other order would lose it.
     run.record.append({"epoch": state.epoch, "step": state.step, **metrics,

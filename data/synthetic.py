@@ -468,8 +468,8 @@ def _read_params(root: Path) -> dict | None:
 
 
 def _check_replaceable(root: Path) -> None:
-    """Only an absent or empty folder, or an earlier synthetic data set, may be replaced: a
-    mistyped root must never wipe someone's files."""
+    """Only an absent or empty folder, or a synthetic data set generated before, may be
+    replaced: a mistyped root must never wipe someone's files."""
     if not root.exists():
         return
     if not root.is_dir():

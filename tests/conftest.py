@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +17,10 @@ from data.synthetic import generate_synthetic_isic
 torch.set_num_threads(1)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real ISIC sample data, where the environment provides it: ISIC_REAL_DATA, else the folder
+# shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("ISIC_REAL_DATA",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # A U-Net small enough to train for an epoch in a second or two on a CPU.
 # Tests of the preparation cache ask for it; the others skip it (and its worker pool).
@@ -54,8 +58,9 @@ def load_script(name: str) -> ModuleType:
 
 
 def shared_data(name: str) -> Path:
-    """A folder of ../shared/data, or skip the test where it is absent (a user's clone)."""
+    """A folder of the real ISIC sample data (``isic2017-256``, ``isic-fullres-sample``), or
+    skip the test where it is absent, as in a user's clone."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"{path} not present (real ISIC data is only in the project's CI)")
+        pytest.skip(f"{path} not present (set ISIC_REAL_DATA to a folder holding {name}/)")
     return path

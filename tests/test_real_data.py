@@ -1,4 +1,5 @@
-"""Tests on real ISIC data in ../shared/data (skipped where it is absent)."""
+"""Tests on real ISIC sample data (see tests/conftest.py: shared_data; skipped where it is
+absent)."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                      lr=3e-3, warmup=0.05),
     # --epochs is a ceiling: the --max-minutes budget ends the run.
     "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
-                       lr=1e-3, ema=0.99),
+                       lr=1e-3, ema=0.99, compile=True),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
-                         ema=0.999, official_val=True),
+                         ema=0.999, official_val=True, compile=True),
 }
 
 
@@ -54,8 +54,10 @@ def build_parser(description: str = "Train a U-Net for skin-lesion segmentation.
     add_optimisation_options(p.add_argument_group("optimisation"))
     g = p.add_argument_group("hardware")
     add_hardware_options(g, channels_last=True)
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (worth it on GPUs for long runs)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the training model: fused kernels, after a compilation "
+                   "of about 40 s on a CPU (it pays from about 3 minutes of training on; "
+                   "docs/experiments.md); on in the cpu-budget and isic2018-gpu presets")
     g.add_argument("--dist-timeout", type=float, default=10.0, help="minutes after which a "
                    "collective that cannot complete (another process died) ends the run")
     add_output_options(p.add_argument_group("output"))
