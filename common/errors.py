@@ -31,15 +31,22 @@ def run_script(body: Callable[[], int], interrupted: str = "interrupted",
     A :class:`UserError` becomes one ``error:`` line on stderr and status 1; out of GPU memory
     likewise, with ``oom_hint``; Ctrl-C prints ``interrupted`` and returns 130.
     """
-    import torch  # here, so that a script's --help need not wait for it
-
     try:
         return body()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except torch.cuda.OutOfMemoryError:
-        print(f"error: out of GPU memory; {oom_hint}", file=sys.stderr)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not is_out_of_gpu_memory(exc):
+            raise
+        print(f"error: out of GPU memory; {oom_hint}", file=sys.stderr)
     return 1
+
+
+def is_out_of_gpu_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's CUDA out-of-memory error; PyTorch is not imported for it
+    (a script that never imported it, such as ``scripts/prepare.py``, cannot raise one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)

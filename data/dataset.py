@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.errors import FlagError
 from data.imageio import read_image, read_image_reduced, read_mask
-from data.layouts import DatasetError, Pair
+from data.layouts import DatasetError, Pair, check_same_size
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD, area_resize, normalize
 
 
@@ -106,17 +106,6 @@ def load_pair(pair: Pair, img_size: int | None = None) -> tuple[np.ndarray, np.n
     mask = read_mask(pair.mask)
     check_same_size(pair, size, mask.shape[:2])
     return image, mask
-
-
-def check_same_size(pair: Pair, image: tuple[int, int], mask: tuple[int, int]) -> None:
-    """Raises :class:`DatasetError` naming both files when the image and mask ``(height,
-    width)`` of ``pair`` differ (the image's as a viewer shows it, EXIF orientation applied)."""
-    if tuple(image) == tuple(mask):
-        return
-    turned = ("; the image has an EXIF orientation: draw masks on the image as viewers show "
-              "it" if tuple(image) == tuple(mask)[::-1] else "")
-    raise DatasetError(f"mask {pair.mask} is {mask[1]}x{mask[0]} but image {pair.image} is "
-                       f"{image[1]}x{image[0]}; they must have the same size{turned}")
 
 
 class Source(Protocol):

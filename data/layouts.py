@@ -166,3 +166,14 @@ def _check_unpaired(images: dict, masks: dict, image_dir: Path, mask_dir: Path,
 def find_images(folder: str | Path) -> list[Path]:
     """Image files of ``folder`` (no masks needed), sorted by name."""
     return list(_image_files(Path(folder)).values())
+
+
+def check_same_size(pair: Pair, image: tuple[int, int], mask: tuple[int, int]) -> None:
+    """Raises :class:`DatasetError` naming both files when the image and mask ``(height,
+    width)`` of ``pair`` differ (the image's as a viewer shows it, EXIF orientation applied)."""
+    if tuple(image) == tuple(mask):
+        return
+    turned = ("; the image has an EXIF orientation: draw masks on the image as viewers show "
+              "it" if tuple(image) == tuple(mask)[::-1] else "")
+    raise DatasetError(f"mask {pair.mask} is {mask[1]}x{mask[0]} but image {pair.image} is "
+                       f"{image[1]}x{image[0]}; they must have the same size{turned}")

@@ -11,6 +11,7 @@ import torch
 
 from common import device
 from common.device import autocast_dtype, select_device
+from common.errors import FlagError, run_script
 from common.seeding import rng_state, seed_everything, set_rng_state
 from models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -90,3 +91,28 @@ def test_autocast_dtype_auto_on_cpu(monkeypatch: pytest.MonkeyPatch, native_bf16
                                     expected: torch.dtype | None) -> None:
     monkeypatch.setattr(device, "cpu_supports_bf16", lambda: native_bf16)
     assert autocast_dtype("auto", torch.device("cpu")) == expected
+
+
+# ---------------------------------------------------------------- the script wrapper
+
+
+def raising(exc: BaseException):
+    def body() -> int:
+        raise exc
+    return body
+
+
+def test_run_script_turns_user_errors_and_gpu_oom_into_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_script(raising(FlagError("--lr must be positive"))) == 1
+    assert capsys.readouterr().err == "error: --lr must be positive\n"
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert run_script(raising(oom), oom_hint="lower --batch-size") == 1
+    assert capsys.readouterr().err == "error: out of GPU memory; lower --batch-size\n"
+    assert run_script(raising(KeyboardInterrupt()), interrupted="stopped") == 130
+    assert run_script(lambda: 0) == 0
+
+
+def test_run_script_keeps_the_traceback_of_a_bug() -> None:
+    with pytest.raises(ZeroDivisionError):
+        run_script(raising(ZeroDivisionError("a bug")))
