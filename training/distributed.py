@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -166,8 +167,9 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         self._owner = os.getpid()
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():  # else: signals as before
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
