@@ -1,0 +1,87 @@
+"""The bundled ISIC model: present, small, safe to load, used when no checkpoint is given, and
+reachable through torch.hub; on real images it writes good masks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundled import BUNDLED_MODEL, MODEL_CARD, default_model, describe_model
+from models.checkpoint import load_model_file
+from tests.conftest import load_script, shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_bundled_model_is_small_safetensors_with_its_settings_and_card() -> None:
+    assert BUNDLED_MODEL.suffix == ".safetensors"
+    assert BUNDLED_MODEL.read_bytes()[8:9] == b"{"  # a JSON header: no pickle anywhere
+    folder = sum(path.stat().st_size for path in BUNDLED_MODEL.parent.iterdir())
+    assert folder <= 8 * 2**20
+    bundle = load_model_file(BUNDLED_MODEL)
+    assert bundle.img_size == 128 and bundle.threshold == 0.5
+    assert bundle.config.base_channels == 16 and bundle.config.norm == "group"
+    assert {"epoch", "metrics", "args"} <= set(bundle.info)
+    card = MODEL_CARD.read_text()
+    for words in ("not a diagnostic device", "CC BY-NC", "python train.py", "Dice"):
+        assert words in card, words
+
+
+def test_without_a_checkpoint_the_users_best_pt_wins_else_the_bundled_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint_dir: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_model() == BUNDLED_MODEL
+    assert "bundled ISIC model" in describe_model(default_model())
+    own = tmp_path / "models" / "checkpoints" / "best.pt"
+    own.parent.mkdir(parents=True)
+    own.write_bytes((tiny_checkpoint_dir / "best.pt").read_bytes())
+    assert default_model().resolve() == own.resolve()
+
+
+def test_predict_uses_the_bundled_model_and_says_so(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    import cv2
+
+    assert cv2.imwrite(str(tmp_path / "photo.jpg"), image)
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--input",
+                             str(tmp_path / "photo.jpg"), "--output", str(tmp_path / "out"),
+                             "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("model: the bundled ISIC model")
+    assert cv2.imread(str(tmp_path / "out" / "photo_segmentation.png")).shape[:2] == (60, 80)
+
+
+@pytest.fixture(scope="module")
+def hub() -> object:
+    return lambda entry, **kwargs: torch.hub.load(str(ROOT), entry, source="local", **kwargs)
+
+
+def test_hub_entries(hub) -> None:
+    untrained = hub("unet", base_channels=4, depth=2)
+    assert untrained.config.base_channels == 4 and untrained.training
+    model = hub("unet_isic")
+    assert not model.training and model.img_size == 128
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 128, 128))
+    assert logits.shape == (1, 1, 128, 128)
+    predictor = hub("isic_predictor", tta=True, device="cpu")
+    assert predictor.tta and predictor.checkpoint_path == BUNDLED_MODEL
+    image = np.full((90, 70, 3), 180, np.uint8)
+    assert predictor.predict(image).mask.shape == (90, 70)
+
+
+def test_the_bundled_model_segments_real_full_resolution_images(tmp_path: Path) -> None:
+    # A floor well below the model card's figure for this sample, far above a broken model's.
+    root = shared_data("isic-fullres-sample")
+    evaluate = load_script("evaluate")
+    assert evaluate.main(["--data", str(root), "--output", str(tmp_path), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["checkpoint"] == str(BUNDLED_MODEL)
+    assert summary["metrics"]["dice"]["mean"] > 0.85
