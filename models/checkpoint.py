@@ -33,6 +33,11 @@ PREDICTION_KEYS = ("model", "model_config", "img_size", "normalization", "thresh
 INFO_KEYS = ("epoch", "step", "train_seconds", "metrics", "best_dice", "args")
 SAFETENSORS_SUFFIX = ".safetensors"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INT8 = "int8"
+# 2: int8 weights (one scale per output channel beside each kernel); readers of version 1
+# would load the integers as weights, so they must refuse these files.
+SAFETENSORS_VERSION = 2
+SCALE_SUFFIX = ":scale"  # ':' never occurs in a state-dict key
 
 
 class CheckpointError(UserError, ValueError):
@@ -228,19 +233,24 @@ def load_model_file(path: str | Path) -> ModelBundle:
 
 def save_safetensors(bundle: ModelBundle, path: str | Path, dtype: str = "fp32") -> Path:
     """Write ``bundle`` as safetensors: the weights in ``dtype`` (``fp32``, ``fp16``,
-    ``bf16``), and as metadata the prediction settings and provenance, each a JSON string.
+    ``bf16``, or ``int8``: see :func:`quantize_int8`), and as metadata the prediction settings
+    and provenance, each a JSON string.
 
     Raises:
         CheckpointError: an unknown ``dtype``.
     """
-    if dtype not in WEIGHT_DTYPES:
-        raise CheckpointError(f"--dtype {dtype}: use one of {', '.join(WEIGHT_DTYPES)}")
+    if dtype not in (*WEIGHT_DTYPES, INT8):
+        raise CheckpointError(f"--dtype {dtype}: use one of {', '.join((*WEIGHT_DTYPES, INT8))}")
     from safetensors.torch import save
 
-    tensors = {name: tensor.detach().to("cpu", WEIGHT_DTYPES[dtype]).contiguous()
-               if tensor.is_floating_point() else tensor.detach().cpu().contiguous()
-               for name, tensor in bundle.weights.items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION),
+    weights = {name: tensor.detach().cpu() for name, tensor in bundle.weights.items()}
+    if dtype == INT8:
+        tensors = quantize_int8(weights)
+    else:
+        tensors = {name: tensor.to(WEIGHT_DTYPES[dtype]) if tensor.is_floating_point()
+                   else tensor for name, tensor in weights.items()}
+    tensors = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(SAFETENSORS_VERSION),
                 "weights_dtype": dtype,
                 **{key: json.dumps(value) for key, value in bundle.settings().items()},
                 **{key: json.dumps(value) for key, value in bundle.info.items()}}
@@ -268,11 +278,42 @@ def load_safetensors(path: Path) -> ModelBundle:
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a model exported by this project (export one "
                               "with `python scripts/export.py --format safetensors`)")
-    if int(metadata.get("version", 0)) > CHECKPOINT_VERSION:
+    if int(metadata.get("version", 0)) > SAFETENSORS_VERSION:
         raise CheckpointError(f"{path} was written by a newer version of this project; update it")
+    if metadata.get("weights_dtype") == INT8:
+        weights = dequantize_int8(weights)
     try:
         values = {key: json.loads(value) for key, value in metadata.items()
                   if key in (*PREDICTION_KEYS, *INFO_KEYS)}
     except ValueError as exc:
         raise CheckpointError(f"{path} has unreadable metadata ({exc})") from exc
     return settings_bundle(values, weights, path)
+
+
+def quantize_int8(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convolution kernels (float tensors of 2 or more dimensions) as int8, symmetric, one fp32
+    scale per output channel (``name + SCALE_SUFFIX``); other float tensors (biases, norm
+    weights) in fp16, integer tensors as they are. Halves an fp16 file."""
+    tensors = {}
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            flat = tensor.float().flatten(1)
+            scale = (flat.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+            tensors[name] = torch.round(flat / scale[:, None]).to(torch.int8).view_as(tensor)
+            tensors[name + SCALE_SUFFIX] = scale
+        else:
+            tensors[name] = tensor.half() if tensor.is_floating_point() else tensor
+    return tensors
+
+
+def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fp32 weights of what :func:`quantize_int8` wrote."""
+    weights = {}
+    for name, tensor in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        scale = tensors.get(name + SCALE_SUFFIX)
+        if scale is not None:
+            tensor = tensor.float() * scale.view(-1, *[1] * (tensor.dim() - 1))
+        weights[name] = tensor
+    return weights

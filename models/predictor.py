@@ -271,11 +271,10 @@ class Predictor:
         and resize and finish the predictions of the last; at most ``workers`` full-size
         predictions exist at a time.
         """
-        threads = self.workers
         chunks = [paths[start:start + self.batch_size]
                   for start in range(0, len(paths), self.batch_size)]
         finishing: deque[tuple[Path, Future]] = deque()
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(self.workers) as pool:
             reads = [pool.submit(self.read, path) for path in chunks[0]] if chunks else []
             for index, chunk in enumerate(chunks):
                 current = reads
@@ -292,7 +291,7 @@ class Predictor:
                     for (path, _, size), image_logits in zip(ready, logits):
                         finishing.append((path, pool.submit(self._finish, finish, path,
                                                             image_logits, size)))
-                while len(finishing) > threads or (finishing and finishing[0][1].done()):
+                while len(finishing) > self.workers or (finishing and finishing[0][1].done()):
                     yield _outcome(*finishing.popleft())
             while finishing:
                 yield _outcome(*finishing.popleft())

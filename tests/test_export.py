@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 import predict
-from models.checkpoint import CheckpointError, load_checkpoint, load_model_file
+from models.checkpoint import SCALE_SUFFIX, CheckpointError, load_checkpoint, load_model_file
 from models.predictor import Predictor
 from tests.conftest import load_script, shared_data
 
@@ -68,6 +69,34 @@ def test_fp16_safetensors_is_half_the_size_and_nearly_the_same(
                     "--dtype", "fp16") == 0
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
     assert {t.dtype for t in load_model_file(fp16).weights.values()} == {torch.float16}
+
+
+def test_int8_safetensors_stores_a_quarter_and_loads_as_fp32_close_to_the_original(
+        checkpoint: Path, check_images: str, tmp_path: Path) -> None:
+    fp32, int8 = tmp_path / "fp32.safetensors", tmp_path / "int8.safetensors"
+    assert exported(checkpoint, check_images, fp32, "--format", "safetensors", "--no-check") == 0
+    # --check stays on; the tiny test model's logits sit close to the threshold, so more of
+    # its pixels flip than a trained model's (the bundled model: 99.91 % at least).
+    assert exported(checkpoint, check_images, int8, "--format", "safetensors",
+                    "--dtype", "int8", "--min-agreement", "0.98") == 0
+    original, quantized = load_model_file(fp32).weights, load_model_file(int8).weights
+    assert quantized.keys() == original.keys()
+    for name, weight in original.items():
+        if weight.dim() >= 2:  # kernels: int8, off by at most half a step of their channel
+            step = weight.flatten(1).abs().amax(dim=1) / 127
+            error = (quantized[name] - weight).flatten(1).abs().amax(dim=1)
+            assert quantized[name].dtype == torch.float32
+            assert bool((error <= step / 2 + 1e-7).all()), name
+    with safe_open(int8, framework="pt") as f:
+        stored = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    kernels = {name for name, weight in original.items() if weight.dim() >= 2}
+    def size(tensors: dict) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+
+    assert size(stored) < 0.3 * size(original)  # the tiny model's metadata is left out
+    assert {stored[name].dtype for name in kernels} == {torch.int8}
+    assert all(stored[name + SCALE_SUFFIX].shape == (original[name].shape[0],)
+               for name in kernels)
 
 
 def test_onnx_has_dynamic_sizes_settings_in_its_metadata_and_agrees_with_pytorch(
