@@ -40,6 +40,14 @@ JPEG_QUALITY = 90
 API = ("Predictor", "Prediction", "postprocess", "draw_contour")
 
 
+def prediction_row(image_name: str, prediction: Prediction) -> dict[str, Any]:
+    """The row of ``predictions.csv`` for one image: its file name, size and the lesion's share
+    of the image (in ``[0, 1]``)."""
+    height, width = prediction.mask.shape
+    return {"image": image_name, "width": width, "height": height,
+            "lesion_share": round(float(prediction.mask.mean()), 6)}
+
+
 def __getattr__(name: str) -> Any:
     if name in API:
         from models import predictor
@@ -119,9 +127,6 @@ def collect_inputs(patterns: Sequence[str]) -> list[Path]:
         paths.update(dict.fromkeys(path.resolve() for path in matches))
     _check_unique_stems(list(paths))
     return list(paths)
-
-
-OUTPUT_SUFFIXES = ("_segmentation.png", "_probability.png", "_overlay.jpg")
 
 
 def is_output(path: Path) -> bool:

@@ -11,6 +11,7 @@ runs.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -188,15 +189,32 @@ class Predictor:
         self.info: dict[str, Any] = bundle.info
         self.img_size = bundle.img_size
         self.mean, self.std = bundle.mean, bundle.std
-        self.threshold = bundle.threshold if threshold is None else float(threshold)
-        if not 0 < self.threshold < 1:
-            raise FlagError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
+        self.threshold = _checked_threshold(bundle.threshold if threshold is None else threshold)
         self.tta = tta
         self.keep_largest = keep_largest
         self.fill_holes = fill_holes
         self.batch_size = batch_size
         self.workers = workers
         self.full_decode = full_decode
+
+    def with_settings(self, threshold: float | None = None, tta: bool | None = None,
+                      keep_largest: bool | None = None,
+                      fill_holes: bool | None = None) -> Predictor:
+        """A predictor that shares this one's loaded model with other settings (``None``: keep
+        this one's), so that a server can honour each request's options without reloading or
+        changing the predictor other requests use.
+
+        Raises:
+            FlagError: a threshold outside ``(0, 1)``.
+        """
+        other = copy.copy(self)
+        if threshold is not None:
+            other.threshold = _checked_threshold(threshold)
+        for name, value in (("tta", tta), ("keep_largest", keep_largest),
+                            ("fill_holes", fill_holes)):
+            if value is not None:
+                setattr(other, name, bool(value))
+        return other
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """RGB uint8 ``(H, W, 3)`` -> float32 ``(3, S, S)`` normalised, ``S = img_size``."""
@@ -310,6 +328,13 @@ def _outcome(path: Path, future: Future) -> tuple[Path, Any]:
 
 def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return batch.flip(dims) if dims else batch
+
+
+def _checked_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not 0 < threshold < 1:
+        raise FlagError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
 
 
 def _logit(probability: float) -> float:

@@ -19,7 +19,6 @@ from data.layouts import find_pairs
 from data.splits import split_pairs
 from evaluation import (
     METRICS,
-    boundary,
     fit_to_truth,
     hd95,
     overlap_scores,
@@ -28,6 +27,7 @@ from evaluation import (
     summarize,
     thresholded_jaccard,
 )
+from evaluation.scores import boundary
 from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
