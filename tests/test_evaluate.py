@@ -386,3 +386,8 @@ def test_checkpoint_mode_equals_predict_then_pred_mode(tiny_checkpoint_dir: Path
     settings = json.loads((tmp_path / "direct" / "summary.json").read_text())["settings"]
     assert (settings["split"], settings["resolution"], settings["threshold"]) == (
         "val", "original", 0.5)
+    files_summary = json.loads((tmp_path / "files" / "summary.json").read_text())
+    assert settings.keys() == files_summary["settings"].keys()  # one schema for both modes
+    assert (settings["mode"], files_summary["settings"]["mode"]) == ("checkpoint", "masks")
+    assert files_summary["settings"]["checkpoint"] is None
+    assert files_summary["settings"]["predictions"] == str(tmp_path / "masks")

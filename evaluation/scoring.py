@@ -1,0 +1,115 @@
+"""The scoring loops: a model's predictions at each image's original size (as predict.py
+writes them) or at the model's input size (as train.py validates), and mask files written by
+any tool. Each gives one :class:`evaluation.report.Evaluation`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.dataset import ISICDataset, eval_transforms
+from data.layouts import DatasetError, Pair
+from evaluation.plots import WorstCases
+from evaluation.report import Evaluation, EvaluationSettings
+from evaluation.scores import fit_to_truth, read_scored_mask, score_masks
+from evaluation.sources import MaskFiles
+from models.predictor import Prediction, Predictor, postprocess
+
+
+def evaluate_model(predictor: Predictor, pairs: Sequence[Pair], settings: EvaluationSettings,
+                   worst: int) -> Evaluation:
+    """Score ``predictor``'s masks for ``pairs`` at ``settings.resolution``, keeping the
+    ``worst`` lowest-Jaccard images for the grid.
+
+    Raises:
+        DatasetError: a mask and its image differ in size, or a file cannot be read.
+    """
+    cases = WorstCases(worst)
+    score = score_at_model_size if settings.resolution == "model" else score_at_original_size
+    return Evaluation(settings, score(predictor, pairs, cases), cases.cases())
+
+
+def evaluate_mask_files(files: Sequence[MaskFiles], settings: EvaluationSettings,
+                        worst: int) -> Evaluation:
+    """Score predicted mask files against their ground truth, post-processed as ``settings``
+    say.
+
+    Raises:
+        DatasetError: a prediction's size differs from its ground truth's (unless
+            ``settings.resize_pred``), or a mask is unreadable or holds no value above 128.
+    """
+    cases = WorstCases(worst)
+    rows = []
+    for item in tqdm(files, unit="image", disable=None, file=sys.stderr):
+        truth = read_scored_mask(item.truth)
+        prediction = fit_to_truth(read_scored_mask(item.prediction), truth.shape,
+                                  str(item.prediction), settings.resize_pred)
+        prediction = postprocess(prediction, settings.keep_largest, settings.fill_holes)
+        rows.append(score_row(item.id, prediction, truth, item.image, cases))
+    return Evaluation(settings, rows, cases.cases())
+
+
+def score_row(id_: str, prediction: np.ndarray, truth: np.ndarray, image: Path | None,
+              worst: WorstCases) -> dict[str, Any]:
+    """One image's row: its id, size and :func:`evaluation.scores.score_masks`."""
+    scores = score_masks(prediction, truth)
+    worst.offer(id_, scores["jaccard"], image, truth, prediction)
+    return {"id": id_, "height": truth.shape[0], "width": truth.shape[1], **scores}
+
+
+def progress_bar(total: int) -> tqdm:
+    return tqdm(total=total, unit="image", disable=None, file=sys.stderr)
+
+
+def score_at_original_size(predictor: Predictor, pairs: Sequence[Pair],
+                           worst: WorstCases) -> list[dict[str, Any]]:
+    """Predict each image at its original size (as predict.py does, decoding and scoring in
+    threads beside the model) and score it there; rows in id order."""
+    by_image = {pair.image: pair for pair in pairs}
+
+    def score(path: Path, prediction: Prediction) -> dict[str, Any]:
+        pair = by_image[path]
+        truth = read_scored_mask(pair.mask)
+        if truth.shape != prediction.mask.shape:
+            raise DatasetError(
+                f"mask {pair.mask} is {truth.shape[1]}x{truth.shape[0]} but image "
+                f"{pair.image} is {prediction.mask.shape[1]}x{prediction.mask.shape[0]}; they "
+                "must have the same size (as the image is shown, EXIF orientation applied)")
+        return score_row(pair.id, prediction.mask, truth, pair.image, worst)
+
+    rows = []
+    with progress_bar(len(pairs)) as bar:
+        for _, outcome in predictor.predict_files(list(by_image), score):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            rows.append(outcome)
+            bar.update()
+    return sorted(rows, key=lambda row: row["id"])
+
+
+def score_at_model_size(predictor: Predictor, pairs: Sequence[Pair],
+                        worst: WorstCases) -> list[dict[str, Any]]:
+    """Score at the model's input size exactly as train.py validates: the training data set
+    class and transform, ``sigmoid(logits) > threshold``, the true mask ``> 0.5``."""
+    dataset = ISICDataset(pairs, eval_transforms(predictor.img_size, predictor.mean,
+                                                 predictor.std))
+    images = {pair.id: pair.image for pair in pairs}
+    rows = []
+    with progress_bar(len(pairs)) as bar:
+        for batch in DataLoader(dataset, batch_size=predictor.batch_size):
+            lesion = torch.sigmoid(predictor.predict_logits(batch["image"]).cpu())
+            predicted = (lesion > predictor.threshold)[:, 0].numpy()
+            truths = (batch["mask"] > 0.5)[:, 0].numpy()
+            for id_, prediction, truth in zip(batch["id"], predicted, truths):
+                prediction = postprocess(prediction, predictor.keep_largest,
+                                         predictor.fill_holes)
+                rows.append(score_row(id_, prediction, truth, images[id_], worst))
+                bar.update()
+    return rows
