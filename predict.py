@@ -158,6 +158,13 @@ def _check_unique_stems(paths: list[Path]) -> None:
         seen[path.stem] = path
 
 
+def check_output_folder(folder: Path) -> None:
+    """Raises :class:`FlagError` when ``--output`` names something that is not a folder."""
+    if folder.exists() and not folder.is_dir():
+        raise FlagError(f"--output {folder} is a file, not a folder; name a folder for the "
+                        "masks (it is created if missing)")
+
+
 def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace) -> None:
     """``<stem>_segmentation.png`` (0/255, the image's size) and the optional outputs."""
     import cv2
@@ -209,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     from models.bundled import describe_model
 
     paths = collect_inputs(args.input)
+    check_output_folder(Path(args.output))
     predictor = predictor_from_args(args)
     print(describe_model(predictor.checkpoint_path), flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -18,41 +18,30 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.device import Hardware, autocast_dtype, configure_backends
 from common.errors import run_script
 from common.seeding import seed_everything
-from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
-from data.dataset import (
-    EpochSampler,
-    FileSource,
-    ISICDataset,
-    end_workers,
-    eval_transforms,
-    init_loader_worker,
-    train_transforms,
-)
-from data.layouts import DatasetError, Pair
+from data.dataset import end_workers
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from models import count_parameters
 from training.distributed import (
     Agreement,
-    Cluster,
     StopRequest,
     is_communication_error,
     peer_lost,
     replicas_report,
     start_cluster,
 )
+from training.loaders import build_datasets, build_loaders, epoch_images
 from training.options import check_args, parse_args, split_settings
 from training.run import Run, build_run
 from training.schedule import Plan, lr_at
@@ -61,17 +50,15 @@ from utils import SegmentationLoss, binary_scores
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_script(lambda: parse_and_train(argv),
+    def parse_and_train() -> int:
+        outcome = train(parse_args(argv))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(outcome.message, file=sys.stderr if outcome.status else sys.stdout, flush=True)
+        return outcome.status
+
+    return run_script(parse_and_train,
                       interrupted="interrupted; continue with --resume <checkpoint-dir>/last.pt",
                       oom_hint="lower --batch-size or --img-size")
-
-
-def parse_and_train(argv: list[str] | None) -> int:
-    args = parse_args(argv)
-    outcome = train(args)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(outcome.message, file=sys.stderr if outcome.status else sys.stdout, flush=True)
-    return outcome.status
 
 
 @dataclass
@@ -87,153 +74,84 @@ def train(args: argparse.Namespace) -> Outcome:
     """Train as ``args`` say; on SIGTERM or SIGINT stop after the current step, save last.pt
     and return the signal's exit status."""
     check_args(args)
-    cluster = start_cluster(args.device, args.dist_timeout)
-    try:
-        with StopRequest() as stop:
-            return train_processes(args, cluster, stop)
-    finally:
-        cluster.shutdown()
+    with ExitStack() as cleanup:
+        cluster = start_cluster(args.device, args.dist_timeout)
+        cleanup.callback(cluster.shutdown)
+        stop = cleanup.enter_context(StopRequest())
+        seed_everything(args.seed)
+        configure_backends(cluster.device)
+        hardware = Hardware(cluster.device, autocast_dtype(args.precision, cluster.device),
+                            args.channels_last)
 
-
-def train_processes(args: argparse.Namespace, cluster: Cluster, stop: StopRequest) -> Outcome:
-    seed_everything(args.seed)
-    configure_backends(cluster.device)
-    hardware = Hardware(cluster.device, autocast_dtype(args.precision, cluster.device),
-                        args.channels_last)
-
-    # data
-    root = data_root(args.data, generate=cluster.is_main)
-    cluster.wait_for_main()  # the others wait for rank 0 to write the synthetic set
-    train_pairs, val_pairs = training_splits(root, split_settings(args))
-    train_ds, val_ds = build_datasets(args, root, train_pairs, val_pairs, cluster)
-    train_loader, val_loader = build_loaders(args, train_ds, val_ds, cluster)
-
-    # model, optimiser, precision, and the state of a resumed run
-    plan = Plan(args.epochs, epoch_images(train_loader, cluster),
-                args.max_minutes * 60 if args.max_minutes else None)
-    run = build_run(args, cluster, hardware, plan)
-    if args.resume:
-        run.restore(args.resume)
-    if cluster.is_main:
-        run.record.keep_until(run.state.epoch)
-        if args.wandb:
-            run.wandb = WandbRun.start(args.wandb_project, vars(args), run.state.wandb_id)
-            run.state.wandb_id = run.wandb.id or run.state.wandb_id
-        print(f"{len(train_pairs)} training and {len(val_pairs)} validation images from {root}; "
-              f"U-Net {count_parameters(run.model) / 1e6:.2f} M parameters on "
-              f"{hardware.describe()} ({cluster.world} process"
-              f"{'es' if cluster.world > 1 else ''})", flush=True)
-    if plan.finished(run.state):
-        return Outcome(status=0, message=f"nothing to do: {args.resume} already finished its "
-                       f"{run.state.epoch} epochs; raise --epochs (or --max-minutes) to train "
-                       "longer")
-
-    try:
-        outcome = train_epochs(run, train_loader, val_loader, stop)
-        if outcome.status == 0:
-            outcome.message += replicas_report(cluster, [run.model, run.eval_model])
-    except RuntimeError as exc:
-        if cluster.world > 1 and is_communication_error(exc):
-            raise peer_lost(exc, "training") from exc
-        raise
-    finally:
+        # data
+        root = data_root(args.data, generate=cluster.is_main)
+        cluster.wait_for_main()  # the others wait for rank 0 to write the synthetic set
+        train_pairs, val_pairs = training_splits(root, split_settings(args))
+        train_loader, val_loader = build_loaders(
+            args, *build_datasets(args, root, train_pairs, val_pairs, cluster), cluster)
         for loader in (train_loader, val_loader):
-            end_workers(loader)
-    if cluster.is_main:
-        run.record.plot()
-        if run.wandb is not None:
-            run.wandb.finish()
-    return outcome
+            cleanup.callback(end_workers, loader)
 
-
-def train_epochs(run: Run, train_loader: DataLoader, val_loader: DataLoader,
-                 stop: StopRequest) -> Outcome:
-    """Epochs until the plan is done or a stop is agreed; each one validated and saved."""
-    agreement = Agreement(run.cluster)
-    state, metrics = run.state, {}
-    while not run.plan.finished(state):
-        train_loader.sampler.set_epoch(state.epoch, state.epoch_images)
-        started = time.perf_counter()
-        epoch = train_one_epoch(run, train_loader, agreement, stop)
-        complete = state.epoch_images >= run.plan.epoch_images or run.plan.finished(state)
-        if epoch.stopped and not complete:
-            return stopped_outcome(run, stop, metrics)  # mid-epoch: save, no validation
-        state.epoch += 1
-        state.epoch_images, state.epoch_loss, state.epoch_steps = 0, 0.0, 0
-        if run.cluster.world > 1:
-            broadcast_buffers(run)
-        metrics, examples = validate(run.eval_model, val_loader, run.optimisation.loss_fn,
-                                     run.hardware, run.wandb)
-        metrics.update(train_loss=epoch.loss, lr=lr_at(run.plan.progress(state), run.args),
-                       seconds=time.perf_counter() - started,
-                       images_per_second=epoch.images / max(epoch.seconds, 1e-9))
-        if run.hardware.device.type == "cuda":
-            metrics["gpu_memory_mib"] = torch.cuda.max_memory_allocated(run.hardware.device) / 2**20
-        end_epoch(run, metrics, examples)
-        stop_agreed = agreement.exchange(state.train_seconds, stop.requested)[1]
-        if stop_agreed and not run.plan.finished(state):
-            return stopped_outcome(run, stop, metrics, saved=True)
-    return Outcome(metrics, 0, f"done: val_dice {metrics['val_dice']:.4f}, checkpoints in "
-                   f"{run.checkpoint_dir}")
-
-
-def epoch_images(loader: DataLoader, cluster: Cluster) -> int:
-    """Images one whole epoch trains on, all processes together."""
-    batches, size = len(loader), loader.batch_size
-    per_process = batches * size if loader.drop_last else len(loader.sampler)
-    return per_process * cluster.world
-
-
-# ---------------------------------------------------------------- data
-
-
-def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair],
-                   val_pairs: list[Pair], cluster: Cluster) -> tuple[ISICDataset, ISICDataset]:
-    """Training and validation datasets, read from the preparation cache unless --no-cache;
-    rank 0 builds what is missing while the others wait."""
-    train_source = FileSource(train_pairs, args.img_size)
-    val_source = FileSource(val_pairs, args.img_size)
-    if args.cache:
-        caches = None
+        # model, optimiser, precision, and the state of a resumed run
+        plan = Plan(args.epochs, epoch_images(train_loader, cluster),
+                    args.max_minutes * 60 if args.max_minutes else None)
+        run = build_run(args, cluster, hardware, plan)
+        if args.resume:
+            run.restore(args.resume)
         if cluster.is_main:
-            caches = open_caches(args, root, log=print)
-        cluster.wait_for_main()
-        if caches is None:
-            caches = open_caches(args, root, log=None)
-        train_source = caches["train"].source(train_pairs)
-        val_source = caches["val" if args.official_val else "train"].source(val_pairs)
-    return (ISICDataset(train_source, train_transforms(args.img_size, policy=args.augment)),
-            ISICDataset(val_source, eval_transforms(args.img_size)))
+            run.record.keep_until(run.state.epoch)
+            if args.wandb:
+                run.wandb = WandbRun.start(args.wandb_project, vars(args), run.state.wandb_id)
+                run.state.wandb_id = run.wandb.id or run.state.wandb_id
+            print(f"{len(train_pairs)} training and {len(val_pairs)} validation images from "
+                  f"{root}; U-Net {count_parameters(run.model) / 1e6:.2f} M parameters on "
+                  f"{run.describe_hardware()} ({cluster.world} process"
+                  f"{'es' if cluster.world > 1 else ''})", flush=True)
+        if plan.finished(run.state):
+            return Outcome(status=0, message=f"nothing to do: {args.resume} already finished "
+                           f"its {run.state.epoch} epochs; raise --epochs (or --max-minutes) to "
+                           "train longer")
 
-
-def open_caches(args: argparse.Namespace, root: Path,
-                log: Callable[[str], None] | None) -> dict[str, PreparedCache]:
-    return prepare_splits(root, ("train", "val") if args.official_val else ("train",),
-                          args.img_size, skip_unpaired=args.skip_unpaired,
-                          cache_root=args.cache_dir or DEFAULT_CACHE_ROOT,
-                          progress=log is not None, log=log)
-
-
-def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICDataset,
-                  cluster: Cluster) -> tuple[DataLoader, DataLoader]:
-    """Each process trains on its share of every epoch (:class:`EpochSampler`) and validates
-    a disjoint slice of the validation set (no padding, no duplicates), so that the reduced
-    mean is the number a single process computes. Validation items from the preparation cache
-    cost microseconds, so they are read in the process itself: worker processes would take
-    longer to start than the items to read."""
-    sampler = EpochSampler(len(train_ds), args.seed, cluster.rank, cluster.world)
-    if len(sampler) < 1:
-        raise DatasetError(f"{len(train_ds)} training images are too few for {cluster.world} "
-                           "processes")
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
-    common = dict(num_workers=workers, pin_memory=cluster.device.type == "cuda",
-                  persistent_workers=workers > 0, worker_init_fn=init_loader_worker)
-    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler,
-                              drop_last=len(sampler) >= args.batch_size, **common)
-    val_shard = Subset(val_ds, range(cluster.rank, len(val_ds), cluster.world))
-    if args.cache:
-        common.update(num_workers=0, persistent_workers=False)
-    return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **common)
+        # the epochs, each validated and saved, until the plan is done or a stop is agreed
+        agreement = Agreement(cluster)
+        state, metrics, outcome = run.state, {}, None
+        try:
+            while outcome is None and not plan.finished(state):
+                train_loader.sampler.set_epoch(state.epoch, state.epoch_images)
+                started = time.perf_counter()
+                epoch = train_one_epoch(run, train_loader, agreement, stop)
+                complete = state.epoch_images >= plan.epoch_images or plan.finished(state)
+                if epoch.stopped and not complete:
+                    outcome = stopped_outcome(run, stop, metrics)  # mid-epoch: no validation
+                    break
+                state.end_epoch()
+                if cluster.world > 1:
+                    broadcast_buffers(run)
+                metrics, examples = validate(run.eval_model, val_loader,
+                                             run.optimisation.loss_fn, hardware, run.wandb)
+                metrics.update(train_loss=epoch.loss, lr=lr_at(plan.progress(state), args),
+                               seconds=time.perf_counter() - started,
+                               images_per_second=epoch.images / max(epoch.seconds, 1e-9))
+                if hardware.device.type == "cuda":
+                    metrics["gpu_memory_mib"] = (torch.cuda.max_memory_allocated(hardware.device)
+                                                 / 2**20)
+                end_epoch(run, metrics, examples)
+                stop_agreed = agreement.exchange(state.train_seconds, stop.requested)[1]
+                if stop_agreed and not plan.finished(state):
+                    outcome = stopped_outcome(run, stop, metrics, saved=True)
+            if outcome is None:
+                outcome = Outcome(metrics, 0, f"done: val_dice {metrics['val_dice']:.4f}, "
+                                  f"checkpoints in {run.checkpoint_dir}"
+                                  + replicas_report(cluster, [run.model, run.eval_model]))
+        except RuntimeError as exc:
+            if cluster.world > 1 and is_communication_error(exc):
+                raise peer_lost(exc, "training") from exc
+            raise
+        if cluster.is_main:
+            run.record.plot()
+            if run.wandb is not None:
+                run.wandb.finish()
+        return outcome
 
 
 # ---------------------------------------------------------------- training and validation

@@ -4,6 +4,9 @@ so that ``--help`` answers at once)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+
+from common.errors import FlagError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -21,3 +24,18 @@ def add_hardware_options(parser: argparse.ArgumentParser | argparse._ArgumentGro
         parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                             help="keep the NCHW memory format (channels_last is faster with "
                             "autocast)")
+
+
+def check_minimum(values: Mapping[str, float], minimum: float = 1) -> None:
+    """Refuse a flag below ``minimum``.
+
+    Args:
+        values: ``{flag name with underscores: value}``, e.g. ``{"batch_size": 8}``.
+
+    Raises:
+        FlagError: naming the first flag below the minimum (``--batch-size must be at least 1,
+            got 0``).
+    """
+    for name, value in values.items():
+        if value < minimum:
+            raise FlagError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")

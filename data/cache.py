@@ -55,7 +55,7 @@ from data.preprocess import area_resize
 
 # Bump when the stored arrays would differ for the same files (resize method, mask encoding):
 # 2 decodes large JPEGs at reduced scale and applies EXIF orientation.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DEFAULT_CACHE_ROOT = Path(__file__).resolve().parent / "cache"
 INDEX_FILE = "index.json"
 IMAGES_FILE = "images.npy"

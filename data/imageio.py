@@ -62,6 +62,9 @@ def decode_bytes(data: bytes, path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> 
 
 
 # EXIF orientation (tag 0x0112) -> how to turn the stored pixels into what a viewer shows.
+# Lesion where an 8-bit mask value is above this: the rule of the ISIC challenge's scorer,
+# used for training masks and for scoring alike.
+MASK_THRESHOLD = 128
 EXIF_ORIENTATION = 0x0112
 ORIENT = {
     2: lambda a: a[:, ::-1],
@@ -191,8 +194,9 @@ def read_mask(path: str | Path) -> np.ndarray:
 def binarise_mask(array: np.ndarray) -> np.ndarray:
     """A decoded mask as lesion (1) and background (0).
 
-    Pixels above 127 are lesion (ISIC masks are 0/255); a mask whose maximum is 1 is taken to be
-    a 0/1 mask. Colour masks use their first channel.
+    Pixels above :data:`MASK_THRESHOLD` (128) are lesion (ISIC masks are 0/255); a mask whose
+    maximum is 1 is taken to be a 0/1 mask (for training; the scorer refuses those, see
+    :func:`evaluation.scores.read_scored_mask`). Colour masks use their first channel.
 
     Returns:
         ``(H, W)`` uint8 array with values in ``{0, 1}``.
@@ -202,4 +206,4 @@ def binarise_mask(array: np.ndarray) -> np.ndarray:
     if array.max() == 1:
         return (array > 0).astype(np.uint8)
     # OpenCV's threshold: one fast pass over a full-resolution mask.
-    return cv2.threshold(_to_uint8(array), 127, 1, cv2.THRESH_BINARY)[1]
+    return cv2.threshold(_to_uint8(array), MASK_THRESHOLD, 1, cv2.THRESH_BINARY)[1]

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 from scipy.spatial import KDTree
 
-from data.imageio import decode_file
+from data.imageio import MASK_THRESHOLD, decode_file
 from data.layouts import DatasetError
 from utils import confusion_counts, scores_from_counts
 
-MASK_THRESHOLD = 128
 JACCARD_THRESHOLD = 0.65
 HD_PERCENTILE = 95
 METRICS = ("dice", "jaccard", "threshold_jaccard", "sensitivity", "specificity", "accuracy",

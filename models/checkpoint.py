@@ -106,8 +106,13 @@ class atomic_file:
             self.tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` without running any pickled code.
+
+    Args:
+        mmap: map the tensors' storage instead of reading it (for reading the other entries
+            of a large checkpoint).
 
     Raises:
         CheckpointError: the file does not exist, needs pickle code to load, or is not a
@@ -116,7 +121,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     _check_exists(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise CheckpointError(
             f"{path} is not a checkpoint this project can load safely "

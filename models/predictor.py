@@ -27,6 +27,7 @@ import torch
 
 from common.device import Hardware
 from common.errors import FlagError
+from common.options import check_minimum
 from data.imageio import CorruptFileError, read_image, read_image_reduced
 from data.preprocess import model_input
 from models.bundled import default_model
@@ -180,9 +181,7 @@ class Predictor:
                  threshold: float | None = None, tta: bool = False, keep_largest: bool = False,
                  fill_holes: bool = False, batch_size: int = 8, precision: str = "auto",
                  workers: int = 2, full_decode: bool = False) -> None:
-        for name, value in (("batch-size", batch_size), ("workers", workers)):
-            if value < 1:
-                raise FlagError(f"--{name} must be at least 1, got {value}")
+        check_minimum({"batch_size": batch_size, "workers": workers})
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else default_model()
         bundle, self.runner = load_runner(self.checkpoint_path, device, precision)
         self.device = self.runner.device

@@ -46,7 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.device import Hardware, autocast_dtype, configure_backends, select_device  # noqa: E402
-from common.errors import FlagError, run_script  # noqa: E402
+from common.errors import run_script  # noqa: E402
+from common.options import check_minimum  # noqa: E402
 from models import UNetConfig, build_model, count_parameters  # noqa: E402
 from models.unet_parts import NORMS  # noqa: E402
 from training.options import defaults  # noqa: E402
@@ -71,7 +72,7 @@ class Setting:
         return (autocast_dtype(self.precision, device)
                 == autocast_dtype(TRAIN_DEFAULTS.precision, device)
                 and self.channels_last == TRAIN_DEFAULTS.channels_last
-                and self.compile == TRAIN_DEFAULTS.compile)
+                and self.compile == (TRAIN_DEFAULTS.compile == "on"))
 
     def name(self, device: torch.device) -> str:
         parts = [self.precision]
@@ -114,12 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_options(options: argparse.Namespace) -> None:
-    for name in ("base_channels", "depth", "img_size", "batch_size", "min_steps"):
-        if getattr(options, name) < 1:
-            raise FlagError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("seconds", "warmup"):
-        if getattr(options, name) < 0:
-            raise FlagError(f"--{name} must not be negative")
+    check_minimum({name: getattr(options, name)
+                   for name in ("base_channels", "depth", "img_size", "batch_size", "min_steps")})
+    check_minimum({name: getattr(options, name) for name in ("seconds", "warmup")}, minimum=0)
 
 
 def settings_to_measure(device: torch.device, with_compile: bool) -> list[Setting]:

@@ -26,9 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import train  # noqa: E402
+from common.errors import run_script  # noqa: E402
 from data.cache import DEFAULT_CACHE_ROOT  # noqa: E402
-from utils import run_script  # noqa: E402
+from data.dataset import end_workers  # noqa: E402
+from data.splits import data_root, training_splits  # noqa: E402
+from training.distributed import Cluster  # noqa: E402
+from training.loaders import build_datasets, build_loaders  # noqa: E402
+from training.options import check_args, parse_args, split_settings  # noqa: E402
 
 MIN_EPOCH_IMAGES = 256
 LOADERS = (("original files", False), ("preparation cache", True))
@@ -71,20 +75,21 @@ def images_per_second(loader: torch.utils.data.DataLoader, seconds: float) -> fl
 
 def measure(options: argparse.Namespace) -> list[tuple[str, float]]:
     """``[(loader name, images per second)]`` for the original files and the cache."""
-    args = train.parse_args(["--data", options.data, "--img-size", str(options.img_size),
-                             "--workers", str(options.workers), "--batch-size",
-                             str(options.batch_size), "--cache-dir", options.cache_dir])
-    train.check_args(args)
-    root = train.resolve_data_root(args, is_main=True)
-    train_pairs, val_pairs = train.load_splits(args, root)
+    args = parse_args(["--data", options.data, "--img-size", str(options.img_size),
+                       "--workers", str(options.workers), "--batch-size",
+                       str(options.batch_size), "--cache-dir", options.cache_dir])
+    check_args(args)
+    root = data_root(args.data)
+    train_pairs, val_pairs = training_splits(root, split_settings(args))
     repeated = train_pairs * math.ceil(MIN_EPOCH_IMAGES / len(train_pairs))
+    single = Cluster(0, 1, torch.device("cpu"))
     rates = []
     for name, cache in LOADERS:
         args.cache = cache
-        train_ds, val_ds = train.build_datasets(args, root, repeated, val_pairs, is_main=True)
-        loader, _ = train.build_loaders(args, train_ds, val_ds, 0, 1, torch.device("cpu"))
+        datasets = build_datasets(args, root, repeated, val_pairs, single)
+        loader, _ = build_loaders(args, *datasets, single)
         rates.append((name, images_per_second(loader, options.seconds)))
-        del loader  # stop its workers before the next loader starts its own
+        end_workers(loader)  # before the next loader starts its own
     return rates
 
 

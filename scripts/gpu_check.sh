@@ -29,7 +29,10 @@ while [ $# -gt 0 ]; do
         --eval-data) eval_data="$2"; shift ;;
         --minutes) minutes="$2"; shift ;;
         --output) output="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help)
+            echo "usage: bash scripts/gpu_check.sh [--smoke] [--data DIR] [--eval-data DIR]" \
+                 "[--minutes N] [--output DIR]"
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.errors import FlagError, run_script  # noqa: E402
+from common.errors import run_script  # noqa: E402
+from common.options import check_minimum  # noqa: E402
 from data.cache import DEFAULT_CACHE_ROOT, prepare_splits  # noqa: E402
 from data.layouts import find_split_folders  # noqa: E402
 
@@ -69,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prepare(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    for name in ("img_size", "workers"):
-        if getattr(args, name) < 1:
-            raise FlagError(f"--{name.replace('_', '-')} must be at least 1")
+    check_minimum({"img_size": args.img_size, "workers": args.workers})
     splits = args.splits or default_splits(args.data)
     caches = prepare_splits(args.data, splits, args.img_size, skip_unpaired=args.skip_unpaired,
                             cache_root=args.cache_dir, workers=args.workers,

@@ -66,8 +66,8 @@ def test_flops_per_image_scale_with_pixels_and_backward_costs_about_twice_forwar
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--seconds", "-1"], "--seconds must not be negative"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--seconds", "-1"], "--seconds must be at least 0, got -1.0"),
 ])
 def test_bad_options_give_one_error_line(flags: list[str], message: str,
                                          capsys: pytest.CaptureFixture) -> None:

@@ -20,6 +20,7 @@ from data.layouts import LAYOUTS, DatasetError, find_pairs
 from data.splits import split_pairs, training_splits
 from tests.conftest import TINY_TRAIN_ARGS, load_script
 from training.distributed import Cluster
+from training.loaders import build_datasets
 from training.options import parse_args, split_settings
 
 CACHED_TRAIN_ARGS = [arg for arg in TINY_TRAIN_ARGS if arg != "--no-cache"]
@@ -214,7 +215,7 @@ def test_report_counts_grey_masks_unpaired_files_and_shared_ids(tmp_path: Path) 
     root = tmp_path / "data"
     image_dir, mask_dir = make_split(root, ids(4))
     grey = lesion_mask(30, 40, seed=1)
-    grey[grey == 255] = 200  # still lesion after binarising (above 127), but reported
+    grey[grey == 255] = 200  # still lesion after binarising (above 128), but reported
     write(mask_dir / "ISIC_0000001_segmentation.png", grey)
     write(image_dir / "ISIC_0000008.png", np.zeros((30, 40, 3), np.uint8))  # no mask
     write(mask_dir / "ISIC_0000009_segmentation.png", np.zeros((30, 40), np.uint8))  # no image
@@ -279,9 +280,9 @@ def test_train_datasets_from_cache_and_files_agree(synthetic_root: Path, tmp_pat
                              "--official-val", *CACHED_TRAIN_ARGS])
     train_pairs, val_pairs = training_splits(synthetic_root, split_settings(args))
     single = Cluster(0, 1, torch.device("cpu"))
-    cached = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
+    cached = build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
     args.cache = False
-    raw = train.build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
+    raw = build_datasets(args, synthetic_root, train_pairs, val_pairs, single)
     for from_cache, from_files in zip(cached, raw):
         for key in [(0, 1), (len(from_files) - 1, 2)]:
             assert torch.equal(from_cache[key]["image"], from_files[key]["image"])

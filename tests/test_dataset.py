@@ -22,6 +22,7 @@ from data.dataset import (
 from data.imageio import CorruptFileError, read_image, read_mask
 from data.layouts import DatasetError, Pair, find_pairs
 from data.splits import split_pairs
+from evaluation import read_scored_mask
 
 IMG_SIZE = 32
 
@@ -79,11 +80,13 @@ def test_read_image_scales_16_bit_down(tmp_path: Path) -> None:
     np.testing.assert_array_equal(image, eight_bit[..., ::-1])
 
 
-def test_read_mask_binarises_above_127(tmp_path: Path) -> None:
-    values = np.array([[0, 1, 127, 128, 200, 255]], np.uint8)
-    mask = read_mask(write(tmp_path / "mask.png", values))
+def test_read_mask_binarises_above_128_as_the_scorer_does(tmp_path: Path) -> None:
+    values = np.array([[0, 1, 127, 128, 129, 200, 255]], np.uint8)
+    path = write(tmp_path / "mask.png", values)
+    mask = read_mask(path)
     assert mask.dtype == np.uint8
-    assert mask.tolist() == [[0, 0, 0, 1, 1, 1]]
+    assert mask.tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+    np.testing.assert_array_equal(mask.astype(bool), read_scored_mask(path))
 
 
 def test_read_mask_understands_0_1_masks(tmp_path: Path) -> None:
@@ -125,7 +128,7 @@ def test_truncated_jpeg_names_the_file(tmp_path: Path) -> None:
 
 
 def test_truncated_png_mask_names_the_file(tmp_path: Path) -> None:
-    whole = write(tmp_path / "whole.png", (noise(32, 32)[..., 0] > 127).astype(np.uint8) * 255)
+    whole = write(tmp_path / "whole.png", (noise(32, 32)[..., 0] > 128).astype(np.uint8) * 255)
     data = whole.read_bytes()
     cut = tmp_path / "ISIC_0000001_segmentation.png"
     cut.write_bytes(data[: len(data) // 2])
@@ -190,7 +193,7 @@ def test_eval_item_shapes_dtypes_and_values(pairs: list[Pair]) -> None:
     image = cv2.cvtColor(cv2.imread(str(pairs[1].image)), cv2.COLOR_BGR2RGB)
     resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA) / 255.0
     np.testing.assert_allclose(denormalise(item["image"]), resized, atol=1e-5)
-    lesion = (cv2.imread(str(pairs[1].mask), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
+    lesion = (cv2.imread(str(pairs[1].mask), cv2.IMREAD_GRAYSCALE) > 128).astype(np.float32)
     fraction = cv2.resize(lesion, size, interpolation=cv2.INTER_AREA)
     decided = np.abs(fraction - 0.5) > 1e-3  # a pixel exactly half lesion may round either way
     assert decided.mean() > 0.9

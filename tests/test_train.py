@@ -312,7 +312,9 @@ def test_a_run_saved_before_the_norm_and_deep_supervision_flags_resumes(
     last = load_checkpoint(tmp_path / "last.pt")
     for name in ("norm", "deep_supervision"):
         del last["args"][name], last["model_config"][name]
+    last["args"]["compile"] = False  # an on/off switch then
     torch.save(last, tmp_path / "last.pt")
+    assert parse_args(["--resume", str(tmp_path / "last.pt")]).compile == "off"
     assert train.main(["--resume", str(tmp_path / "last.pt"), "--epochs", "2"]) == 0
     resumed = load_checkpoint(tmp_path / "last.pt")
     assert resumed["epoch"] == 2 and not resumed["args"]["deep_supervision"]

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from common.errors import FlagError
-from common.options import add_hardware_options
+from common.options import add_hardware_options, check_minimum
 from data.dataset import AUGMENTATIONS
 from data.splits import SplitSettings
 from models.checkpoint import load_checkpoint
@@ -15,6 +15,7 @@ from models.unet import LEGACY_CONFIG, UNetConfig
 from models.unet_parts import NORMS
 from utils import LOSS_NAMES
 
+COMPILE_CHOICES = ("auto", "on", "off")
 ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear", "norm",
                       "deep_supervision")
 DEFAULT_CHECKPOINT_DIR = "models/checkpoints"
@@ -26,9 +27,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                      lr=3e-3, warmup=0.05),
     # --epochs is a ceiling: the --max-minutes budget ends the run.
     "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
-                       lr=1e-3, ema=0.99, compile=True),
+                       lr=1e-3, ema=0.99, compile="auto"),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
-                         ema=0.999, official_val=True, compile=True),
+                         ema=0.999, official_val=True, compile="auto"),
 }
 
 
@@ -54,10 +55,13 @@ def build_parser(description: str = "Train a U-Net for skin-lesion segmentation.
     add_optimisation_options(p.add_argument_group("optimisation"))
     g = p.add_argument_group("hardware")
     add_hardware_options(g, channels_last=True)
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--compile", nargs="?", const="on", default="off", choices=COMPILE_CHOICES,
                    help="torch.compile the training model: fused kernels, after a compilation "
-                   "of about 40 s on a CPU (it pays from about 3 minutes of training on; "
-                   "docs/experiments.md); on in the cpu-budget and isic2018-gpu presets")
+                   "of about 40 s on a CPU. auto: on CUDA GPUs and on CPUs computing in bf16, "
+                   "where it was measured faster, not on CPUs computing in fp32, where it was "
+                   "measured slower (README, Speed); the presets' setting. --compile alone: on")
+    g.add_argument("--no-compile", dest="compile", action="store_const", const="off",
+                   help="do not compile (as --compile off)")
     g.add_argument("--dist-timeout", type=float, default=10.0, help="minutes after which a "
                    "collective that cannot complete (another process died) ends the run")
     add_output_options(p.add_argument_group("output"))
@@ -140,33 +144,35 @@ def defaults() -> argparse.Namespace:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Defaults, then the preset, then the resumed run's arguments, then explicit flags.
+    """Defaults, then the preset, then the resumed run's arguments, then explicit flags: each
+    layer becomes the parser's defaults, which flags on the command line override.
 
     Raises:
         FlagError: an architecture flag that differs from the resumed run's.
         CheckpointError: the ``--resume`` file cannot be read.
     """
     parser = build_parser()
+    first = parser.parse_args(argv)
+    parser.set_defaults(**PRESETS.get(first.preset, {}))
+    if first.resume is None:
+        return parser.parse_args(argv)
+    saved = resumed_args(first.resume)
+    parser.set_defaults(**saved)
     args = parser.parse_args(argv)
-    settings = vars(parser.parse_args([]))
-    explicit = vars(explicit_flags(parser, argv))
-    settings.update(PRESETS.get(args.preset, {}))
-    if args.resume:
-        saved = {**LEGACY_CONFIG, **load_checkpoint(args.resume)["args"]}
-        for name in ARCHITECTURE_FLAGS:
-            if name in explicit and explicit[name] != saved[name]:
-                raise FlagError(f"--{name.replace('_', '-')} cannot change when resuming "
-                                f"(the checkpoint has {saved[name]})")
-        settings.update(saved)
-    settings.update(explicit)
-    return argparse.Namespace(**settings)
+    for name in ARCHITECTURE_FLAGS:  # with the saved value as default, a difference is a flag
+        if getattr(args, name) != saved[name]:
+            raise FlagError(f"--{name.replace('_', '-')} cannot change when resuming "
+                            f"(the checkpoint has {saved[name]})")
+    return args
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Only the flags given on the command line."""
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return parser.parse_args(argv)
+def resumed_args(path: str) -> dict[str, Any]:
+    """The flags a ``last.pt`` was trained with (its tensors are mapped, not read); runs saved
+    before a flag existed get the value they ran with."""
+    saved = {**LEGACY_CONFIG, **load_checkpoint(path, mmap=True)["args"]}
+    if isinstance(saved.get("compile"), bool):  # an on/off switch before --compile auto
+        saved["compile"] = "on" if saved["compile"] else "off"
+    return saved
 
 
 POSITIVE_INTEGERS = ("epochs", "batch_size", "img_size", "base_channels", "depth",
@@ -179,10 +185,7 @@ def check_args(args: argparse.Namespace) -> None:
     Raises:
         FlagError: naming the flag, its value and what it must be.
     """
-    for name in POSITIVE_INTEGERS:
-        if getattr(args, name) < 1:
-            raise FlagError(f"--{name.replace('_', '-')} must be at least 1, got "
-                            f"{getattr(args, name)}")
+    check_minimum({name: getattr(args, name) for name in POSITIVE_INTEGERS})
     checks = [
         ("lr", args.lr > 0, "must be positive"),
         ("workers", args.workers is None or args.workers >= 0, "must be 0 or more"),

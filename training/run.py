@@ -25,7 +25,7 @@ from training.ema import ModelEMA
 from training.record import MetricsRecord
 from training.schedule import Plan
 from training.state import TrainState
-from training.step import Optimisation
+from training.step import Optimisation, should_compile
 from training.wandb_log import WandbRun
 
 THRESHOLD = 0.5
@@ -62,7 +62,12 @@ class Run:
     plan: Plan
     state: TrainState
     record: MetricsRecord
+    compile_note: str = ""
     wandb: WandbRun | None = None
+
+    def describe_hardware(self) -> str:
+        """Device, precision and whether the step is compiled (and why), for the start line."""
+        return f"{self.hardware.describe()}, {self.compile_note}"
 
     @property
     def eval_model(self) -> nn.Module:
@@ -138,7 +143,9 @@ def build_run(args: argparse.Namespace, cluster: Cluster, hardware: Hardware,
     # them is the same either way.
     optimisation = Optimisation.create(module, hardware, args.lr, args.weight_decay, args.loss,
                                        args.grad_clip)
-    if args.compile:
+    compiled, why = should_compile(args.compile, hardware)
+    if compiled:
         optimisation.compile()  # after the DDP wrap, as PyTorch recommends
     return Run(args, cluster, hardware, model, ema, optimisation, plan, TrainState(),
-               MetricsRecord(Path(args.checkpoint_dir)))
+               MetricsRecord(Path(args.checkpoint_dir)),
+               f"{'compiled' if compiled else 'not compiled'} ({why})")

@@ -23,11 +23,17 @@ class LRSettings(Protocol):
     min_lr_ratio: float
 
 
+# The warmup starts at this fraction of the peak: the first step must not be wasted at 0.
+WARMUP_START = 1e-3
+
+
 def lr_at(progress: float, settings: LRSettings) -> float:
-    """Linear warmup for the first ``settings.warmup`` of training, then cosine decay to
-    ``settings.min_lr_ratio * settings.lr``; ``progress`` in [0, 1]."""
+    """Linear warmup from ``WARMUP_START * lr`` to ``lr`` over the first ``settings.warmup``
+    of training, then cosine decay to ``settings.min_lr_ratio * settings.lr``; ``progress`` in
+    [0, 1]. Continuous, and never above ``settings.lr``."""
     if progress < settings.warmup:
-        return settings.lr * (progress + 1e-3) / settings.warmup
+        fraction = progress / settings.warmup
+        return settings.lr * (WARMUP_START + (1 - WARMUP_START) * fraction)
     decay = min(1.0, (progress - settings.warmup) / (1 - settings.warmup))
     ratio = settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (
         1 + math.cos(math.pi * decay))

@@ -33,6 +33,11 @@ class TrainState:
     best_dice: float = -1.0
     wandb_id: str | None = None
 
+    def end_epoch(self) -> None:
+        """Count a completed epoch and clear the current one's counters."""
+        self.epoch += 1
+        self.epoch_images, self.epoch_loss, self.epoch_steps = 0, 0.0, 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -1,0 +1,83 @@
+"""The training and validation data of a run: datasets read from the preparation cache (or
+the files), and the loaders that deal every epoch out to the processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Subset
+
+from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
+from data.dataset import (
+    EpochSampler,
+    FileSource,
+    ISICDataset,
+    eval_transforms,
+    init_loader_worker,
+    train_transforms,
+)
+from data.layouts import DatasetError, Pair
+from training.distributed import Cluster
+
+
+def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair],
+                   val_pairs: list[Pair], cluster: Cluster) -> tuple[ISICDataset, ISICDataset]:
+    """Training and validation datasets, read from the preparation cache unless --no-cache;
+    rank 0 builds what is missing while the others wait."""
+    train_source = FileSource(train_pairs, args.img_size)
+    val_source = FileSource(val_pairs, args.img_size)
+    if args.cache:
+        caches = None
+        if cluster.is_main:
+            caches = open_caches(args, root, log=print)
+        cluster.wait_for_main()
+        if caches is None:
+            caches = open_caches(args, root, log=None)
+        train_source = caches["train"].source(train_pairs)
+        val_source = caches["val" if args.official_val else "train"].source(val_pairs)
+    return (ISICDataset(train_source, train_transforms(args.img_size, policy=args.augment)),
+            ISICDataset(val_source, eval_transforms(args.img_size)))
+
+
+def open_caches(args: argparse.Namespace, root: Path,
+                log: Callable[[str], None] | None) -> dict[str, PreparedCache]:
+    return prepare_splits(root, ("train", "val") if args.official_val else ("train",),
+                          args.img_size, skip_unpaired=args.skip_unpaired,
+                          cache_root=args.cache_dir or DEFAULT_CACHE_ROOT,
+                          progress=log is not None, log=log)
+
+
+def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICDataset,
+                  cluster: Cluster) -> tuple[DataLoader, DataLoader]:
+    """Each process trains on its share of every epoch (:class:`EpochSampler`) and validates
+    a disjoint slice of the validation set (no padding, no duplicates), so that the reduced
+    mean is the number a single process computes. Validation items from the preparation cache
+    cost microseconds, so they are read in the process itself: worker processes would take
+    longer to start than the items to read.
+
+    Raises:
+        DatasetError: fewer training images than processes.
+    """
+    sampler = EpochSampler(len(train_ds), args.seed, cluster.rank, cluster.world)
+    if len(sampler) < 1:
+        raise DatasetError(f"{len(train_ds)} training images are too few for {cluster.world} "
+                           "processes")
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    common = dict(num_workers=workers, pin_memory=cluster.device.type == "cuda",
+                  persistent_workers=workers > 0, worker_init_fn=init_loader_worker)
+    train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler,
+                              drop_last=len(sampler) >= args.batch_size, **common)
+    val_shard = Subset(val_ds, range(cluster.rank, len(val_ds), cluster.world))
+    if args.cache:
+        common.update(num_workers=0, persistent_workers=False)
+    return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **common)
+
+
+def epoch_images(loader: DataLoader, cluster: Cluster) -> int:
+    """Images one whole epoch trains on, all processes together."""
+    batches, size = len(loader), loader.batch_size
+    per_process = batches * size if loader.drop_last else len(loader.sampler)
+    return per_process * cluster.world
