@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     paths = collect_inputs(args.input)
     check_output_folder(Path(args.output))
     predictor = predictor_from_args(args)
-    print(describe_model(predictor.checkpoint_path), flush=True)
+    print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     failed = 0

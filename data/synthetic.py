@@ -40,6 +40,7 @@ __all__ = [
     "VAL_MASK_DIR",
     "ensure_synthetic_isic",
     "generate_synthetic_isic",
+    "is_synthetic_set",
     "render_sample",
 ]
 
@@ -458,6 +459,11 @@ def _dataset_params(n_train: int, n_val: int, height: int, width: int, seed: int
         "width": width,
         "seed": seed,
     }
+
+
+def is_synthetic_set(root: Path) -> bool:
+    """Whether ``root`` is a data set this generator wrote (it holds its parameters file)."""
+    return _read_params(root) is not None
 
 
 def _read_params(root: Path) -> dict | None:

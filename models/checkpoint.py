@@ -30,7 +30,7 @@ CHECKPOINT_VERSION = 1
 # What prediction needs from a training checkpoint.
 PREDICTION_KEYS = ("model", "model_config", "img_size", "normalization", "threshold")
 # Provenance kept with exported weights (the rest of a checkpoint is for resuming).
-INFO_KEYS = ("epoch", "step", "train_seconds", "metrics", "best_dice", "args")
+INFO_KEYS = ("epoch", "step", "train_seconds", "metrics", "best_dice", "args", "synthetic_data")
 SAFETENSORS_SUFFIX = ".safetensors"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INT8 = "int8"

@@ -108,7 +108,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     from predict import predictor_from_args
 
     predictor = predictor_from_args(args)
-    print(describe_model(predictor.checkpoint_path), flush=True)
+    print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
     scored = scored_set(predictor.info, args.data, args.split)
     if scored.split_source == "training" and scored.split == "val":
         print("note: train.py selected this checkpoint on this validation split, so these "

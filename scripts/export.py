@@ -121,8 +121,8 @@ def export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and args.dtype != "fp32":
         raise FlagError("--dtype applies to safetensors only; ONNX models are written in fp32")
     images = check_images(args.check_images) if args.check else []
-    print(describe_model(source), flush=True)
     bundle = load_model_file(source)
+    print(describe_model(source, bundle.info), flush=True)
     if args.format == "onnx":
         from models.onnx_model import OPSET, export_onnx
 

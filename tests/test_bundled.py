@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from models.bundled import BUNDLED_MODEL, MODEL_CARD, default_model, describe_model
-from models.checkpoint import load_model_file
+from models.checkpoint import load_checkpoint, load_model_file, save_checkpoint
+from models.predictor import Predictor
 from tests.conftest import load_script, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +41,31 @@ def test_without_a_checkpoint_the_users_best_pt_wins_else_the_bundled_model(
     assert "bundled ISIC model" in describe_model(default_model())
     own = tmp_path / "models" / "checkpoints" / "best.pt"
     own.parent.mkdir(parents=True)
+    trained = load_checkpoint(tiny_checkpoint_dir / "best.pt")
+    assert trained["synthetic_data"]  # the test set is the synthetic generator's
     own.write_bytes((tiny_checkpoint_dir / "best.pt").read_bytes())
+    assert default_model() == BUNDLED_MODEL  # a model of synthetic images is never the default
+    assert "trained on the synthetic demo set" in describe_model(default_model())
+    save_checkpoint({**trained, "synthetic_data": False,
+                     "args": {**trained["args"], "data": "data/ISIC2018"}}, own)
     assert default_model().resolve() == own.resolve()
+    line = describe_model(own, load_model_file(own).info)
+    assert line == (f"model: {own} (trained on data/ISIC2018, 32 px, 1 epochs, validation Dice "
+                    f"{trained['metrics']['val_dice']:.3f})")
+
+
+def test_after_the_quick_starts_demo_the_default_model_is_still_the_bundled_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--preset", "cpu-demo", "--epochs", "1", "--img-size", "32",
+                       "--base-channels", "4", "--depth", "2", "--workers", "0",
+                       "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (tmp_path / "models" / "checkpoints" / "demo" / "best.pt").is_file()
+    assert default_model() == BUNDLED_MODEL
+    for line in (describe_model(default_model()), describe_model(Predictor().checkpoint_path)):
+        assert line.startswith("model: the bundled ISIC model"), line
 
 
 def test_predict_uses_the_bundled_model_and_says_so(tmp_path: Path) -> None:

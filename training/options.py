@@ -23,8 +23,9 @@ DEFAULT_CHECKPOINT_DIR = "models/checkpoints"
 # Named sets of defaults; flags given on the command line still win. cpu-demo and cpu-budget
 # are measured (README, docs/experiments.md); isic2018-gpu is a recommendation for one GPU.
 PRESETS: dict[str, dict[str, Any]] = {
+    # Its own folder: the demo's model must not become the model predict.py uses by default.
     "cpu-demo": dict(data="synthetic", img_size=96, base_channels=16, epochs=6, batch_size=8,
-                     lr=3e-3, warmup=0.05),
+                     lr=3e-3, warmup=0.05, checkpoint_dir="models/checkpoints/demo"),
     # --epochs is a ceiling: the --max-minutes budget ends the run.
     "cpu-budget": dict(img_size=128, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
                        lr=1e-3, ema=0.99, compile="auto"),

@@ -18,6 +18,8 @@ from torch import nn
 from common.device import Hardware
 from common.seeding import rng_state, set_rng_state
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from data.splits import data_root
+from data.synthetic import is_synthetic_set
 from models import UNet, UNetConfig, build_model
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.distributed import Cluster
@@ -111,6 +113,7 @@ class Run:
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "threshold": THRESHOLD,
             "args": vars(self.args),
+            "synthetic_data": is_synthetic_set(data_root(self.args.data, generate=False)),
             "metrics": metrics,
             **{key: getattr(self.state, key) for key in PROGRESS_KEYS},
         }
