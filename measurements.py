@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -121,6 +121,8 @@ class LesionMeasurements:
         area_mm2: ``area_px * mm_per_pixel ** 2``, or None when the pixel size is unknown.
         max_diameter_mm: ``max_diameter_px * mm_per_pixel``, or None.
         perpendicular_diameter_mm: ``perpendicular_diameter_px * mm_per_pixel``, or None.
+        diameter_ends: the ``(x, y)`` pixel centres at the two ends of the largest diameter
+            (for drawing it), None for no lesion.
     """
 
     area_px: int
@@ -134,6 +136,7 @@ class LesionMeasurements:
     area_mm2: float | None = None
     max_diameter_mm: float | None = None
     perpendicular_diameter_mm: float | None = None
+    diameter_ends: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def colour_count(self) -> int:
@@ -248,13 +251,14 @@ def measure(mask: np.ndarray, image: np.ndarray | None = None,
     x0, y0, x1, y1 = box
     contours = _outer_contours(pixels[y0:y1, x0:x1], (x0, y0))
     hull = cv2.convexHull(np.concatenate(contours)).reshape(-1, 2).astype(np.float64)
-    max_diameter, perpendicular = _diameters(hull)
+    max_diameter, perpendicular, ends = _diameters(hull)
     step = max(1, math.ceil(max(x1 - x0, y1 - y0) / REDUCED_SIDE))
     asymmetry = _asymmetry(pixels[y0:y1, x0:x1], step, hull - (x0, y0))
     colour_step = max(1, math.ceil(max(x1 - x0, y1 - y0) / COLOUR_SIDE))
     colours = () if image is None else _colours(image, pixels, box, colour_step)
     found = LesionMeasurements(area, max_diameter, perpendicular, asymmetry,
-                               _border_irregularity(contours), colours, centre[0], centre[1])
+                               _border_irregularity(contours), colours, centre[0], centre[1],
+                               diameter_ends=ends)
     return _scaled(found, mm_per_pixel)
 
 
@@ -298,11 +302,9 @@ def _scaled(found: LesionMeasurements, mm_per_pixel: float | None) -> LesionMeas
     if mm_per_pixel is None:
         return found
     size = float(mm_per_pixel)
-    return LesionMeasurements(
-        found.area_px, found.max_diameter_px, found.perpendicular_diameter_px, found.asymmetry,
-        found.border_irregularity, found.colours, found.centre_x, found.centre_y,
-        area_mm2=found.area_px * size ** 2, max_diameter_mm=found.max_diameter_px * size,
-        perpendicular_diameter_mm=found.perpendicular_diameter_px * size)
+    return replace(found, area_mm2=found.area_px * size ** 2,
+                   max_diameter_mm=found.max_diameter_px * size,
+                   perpendicular_diameter_mm=found.perpendicular_diameter_px * size)
 
 
 def _area_centre_box(pixels: np.ndarray) -> tuple[int, tuple[float, float],
@@ -331,17 +333,19 @@ def _outer_contours(crop: np.ndarray, offset: tuple[int, int]) -> list[np.ndarra
     return list(contours)
 
 
-def _diameters(hull: np.ndarray) -> tuple[float, float]:
+def _diameters(hull: np.ndarray) -> tuple[float, float, tuple[tuple[float, float], ...]]:
     """Largest diameter and the width at right angles to it of the hull ``(M, 2)`` of pixel
-    centres, each widened by the one pixel of the convention (half a pixel on either side)."""
+    centres, each widened by the one pixel of the convention (half a pixel on either side),
+    and the two hull points at the ends of the largest diameter."""
+    first, second = _farthest_pair(hull) if len(hull) > 1 else (0, 0)
+    ends = (tuple(hull[first].tolist()), tuple(hull[second].tolist()))
     if len(hull) == 1:
-        return 1.0, 1.0
-    first, second = _farthest_pair(hull)
+        return 1.0, 1.0, ends
     direction = hull[second] - hull[first]
     length = float(np.hypot(*direction))
     normal = np.array([-direction[1], direction[0]]) / length
     across = hull @ normal
-    return length + 1.0, float(across.max() - across.min()) + 1.0
+    return length + 1.0, float(across.max() - across.min()) + 1.0, ends
 
 
 def _farthest_pair(points: np.ndarray) -> tuple[int, int]:

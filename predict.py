@@ -37,15 +37,40 @@ DEFAULT_OUTPUT = "results"
 OUTPUT_SUFFIXES = ("_segmentation.png", "_probability.png", "_overlay.jpg")
 JPEG_QUALITY = 90
 # The public API, re-exported from models/predictor.py.
-API = ("Predictor", "Prediction", "postprocess", "draw_contour")
+API = ("Predictor", "Prediction", "postprocess", "draw_contour", "draw_prediction",
+       "describe_prediction")
+PREDICTIONS_CSV = "predictions.csv"
+# The first columns of predictions.csv; the lesion's measurements follow
+# (measurements.MEASUREMENT_COLUMNS).
+ROW_COLUMNS = ("image", "width", "height", "lesion_share", "quality", "review", "reason")
 
 
 def prediction_row(image_name: str, prediction: Prediction) -> dict[str, Any]:
-    """The row of ``predictions.csv`` for one image: its file name, size and the lesion's share
-    of the image (in ``[0, 1]``)."""
+    """The row of ``predictions.csv`` for one image: its file name, size, the lesion's share of
+    the image (in ``[0, 1]``), the quality estimate, the review flag (``yes``/``no``) and its
+    reason, and the lesion's measurements (:meth:`measurements.LesionMeasurements.as_row`)."""
     height, width = prediction.mask.shape
     return {"image": image_name, "width": width, "height": height,
-            "lesion_share": round(float(prediction.mask.mean()), 6)}
+            "lesion_share": round(float(prediction.mask.mean()), 6),
+            **prediction.review_columns(), **prediction.measurements.as_row()}
+
+
+def failed_row(image_name: str, error: BaseException) -> dict[str, Any]:
+    """The row of an image that could not be read or written: flagged, with the error."""
+    return {"image": image_name, "review": "yes", "reason": f"unreadable: {error}"}
+
+
+def write_predictions_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """``predictions.csv``: one row per image, columns :data:`ROW_COLUMNS` and the
+    measurements' (empty where unknown)."""
+    import csv
+
+    from measurements import MEASUREMENT_COLUMNS
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*ROW_COLUMNS, *MEASUREMENT_COLUMNS], restval="")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def __getattr__(name: str) -> Any:
@@ -99,6 +124,15 @@ def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentG
     parser.add_argument("--full-decode", action="store_true",
                         help="decode large JPEGs in full instead of at the decoder's 1/2, 1/4 "
                         "or 1/8 scale (slower; masks differ only along the border)")
+    parser.add_argument("--no-quality", dest="quality", action="store_false",
+                        help="do not estimate each mask's quality (which runs the model on the "
+                        "image's four flips, as --tta does)")
+    parser.add_argument("--review-below", type=float, default=None,
+                        help="flag masks whose estimated quality (Dice) is below this for "
+                        "review (default: the model's, chosen on held-out images)")
+    parser.add_argument("--mm-per-pixel", type=float, default=None,
+                        help="pixel size in millimetres for the measurements in mm (default: "
+                        "a believable resolution tag of the image file, else pixels only)")
 
 
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
@@ -108,7 +142,8 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
     return Predictor(args.checkpoint, device=args.device, threshold=args.threshold,
                      tta=args.tta, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
                      batch_size=args.batch_size, precision=args.precision,
-                     workers=args.workers, full_decode=args.full_decode)
+                     workers=args.workers, full_decode=args.full_decode, quality=args.quality,
+                     review_below=args.review_below, mm_per_pixel=args.mm_per_pixel)
 
 
 def collect_inputs(patterns: Sequence[str]) -> list[Path]:
@@ -165,8 +200,10 @@ def check_output_folder(folder: Path) -> None:
                         "masks (it is created if missing)")
 
 
-def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace) -> None:
-    """``<stem>_segmentation.png`` (0/255, the image's size) and the optional outputs."""
+def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """``<stem>_segmentation.png`` (0/255, the image's size) and the optional outputs; returns
+    the image's row of ``predictions.csv``."""
     import cv2
     import numpy as np
 
@@ -179,13 +216,14 @@ def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace) 
                     cv2.convertScaleAbs(prediction.probabilities, alpha=255))
     if args.overlay:
         from data.imageio import read_image_bgr
-        from models.predictor import draw_contour
+        from models.predictor import draw_prediction
 
         # Decoded in full only here, and not kept.
         image = read_image_bgr(path)
-        draw_contour(image, prediction.mask)
+        draw_prediction(image, prediction)
         write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[2]}", image,
                     (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
+    return prediction_row(path.name, prediction)
 
 
 def mask_png_options() -> list[int]:
@@ -221,18 +259,24 @@ def run(args: argparse.Namespace) -> int:
     print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    failed = 0
+    rows: dict[Path, dict[str, Any]] = {}
     with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as progress:
-        for _, outcome in predictor.predict_files(
+        for path, outcome in predictor.predict_files(
                 paths, lambda path, prediction: write_outputs(path, prediction, args)):
             if isinstance(outcome, BaseException):
-                failed += 1
                 tqdm.write(f"failed: {outcome}", file=sys.stderr)
+                outcome = failed_row(path.name, outcome)
+            rows[path] = outcome
             progress.update()
     seconds = time.perf_counter() - started
+    write_predictions_csv([rows[path] for path in paths], Path(args.output) / PREDICTIONS_CSV)
+    failed = sum(row["reason"].startswith("unreadable") for row in rows.values())
     done = len(paths) - failed
+    flagged = sum(row["review"] == "yes" for row in rows.values())
     print(f"done: {done} of {len(paths)} images, {failed} failed, {seconds:.1f} s, "
           f"{done / max(seconds, 1e-9):.2f} images/s; masks in {args.output}")
+    print(f"{flagged} of {len(paths)} masks flagged for review "
+          f"({Path(args.output) / PREDICTIONS_CSV})")
     return 1 if failed else 0
 
 

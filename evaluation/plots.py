@@ -98,6 +98,29 @@ def plot_histogram(jaccard: Sequence[float], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_risk_coverage(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Mean risk ``1 - Dice`` of the masks kept against the share kept, keeping them in the
+    order of their quality estimate, beside the order that knew the Dice and a random one."""
+    from evaluation.failure_detection import aurc, risk_coverage
+
+    plt = pyplot()
+    quality = np.array([row["quality"] for row in rows], dtype=np.float64)
+    dice = np.array([row["dice"] for row in rows], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for confidence, label, style in ((quality, "by the quality estimate", "-"),
+                                     (dice, "by the true Dice (best possible)", ":")):
+        coverage, risk = risk_coverage(confidence, 1 - dice)
+        ax.plot(coverage, risk, style, label=f"{label}: AURC {aurc(confidence, 1 - dice):.4f}")
+    ax.axhline(float((1 - dice).mean()), color="grey", linestyle="--",
+               label="in random order")
+    ax.set(xlabel="share of masks kept (coverage)", ylabel="mean 1 - Dice of those kept",
+           xlim=(0, 1), ylim=(0, None))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_worst(cases: Sequence[Case], path: Path) -> None:
     """The worst images with the true (green) and predicted (red) lesion outlines."""
     plt = pyplot()

@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evaluation.plots import Case, plot_histogram, plot_worst
-from evaluation.scores import COUNTS, METRICS, summarize
+from evaluation.agreement import measurement_agreement
+from evaluation.failure_detection import quality_summary
+from evaluation.plots import Case, plot_histogram, plot_risk_coverage, plot_worst
+from evaluation.scores import METRICS, summarize
+from models.calibration import error_of_bins
 
-REPORT_FILES = ("metrics.csv", "summary.json", "jaccard_histogram.png", "worst_cases.png")
+if TYPE_CHECKING:
+    from evaluation.scoring import CalibrationTally
+
+REPORT_FILES = ("metrics.csv", "summary.json", "jaccard_histogram.png", "worst_cases.png",
+                "risk_coverage.png")
+# The measurements compared with the experts' (the columns predicted_<name>, expert_<name>).
+MEASUREMENTS = ("area_px", "max_diameter_px", "perpendicular_diameter_px", "asymmetry",
+                "border_irregularity", "colour_count")
 LABELS = {"dice": "Dice", "jaccard": "Jaccard", "threshold_jaccard": "thresholded Jaccard",
           "sensitivity": "sensitivity", "specificity": "specificity", "accuracy": "accuracy",
           "hd95": "HD95 (pixels)"}
@@ -39,6 +50,9 @@ class EvaluationSettings:
             (``checkpoint`` mode).
         keep_largest, fill_holes: post-processing, applied in both modes.
         resize_pred: predicted masks of another size were resized (``masks`` mode).
+        quality: whether the quality estimate was computed (``checkpoint`` mode).
+        review_below: the quality below which masks were flagged (``checkpoint`` mode).
+        mm_per_pixel: the pixel size given for the measurements, if any.
     """
 
     mode: str
@@ -56,22 +70,53 @@ class EvaluationSettings:
     full_decode: bool = False
     img_size: int | None = None
     resize_pred: bool = False
+    quality: bool = False
+    review_below: float | None = None
+    mm_per_pixel: float | None = None
 
 
 @dataclass
 class Evaluation:
     """One evaluation: its settings, one row of scores per image (``id``, ``height``,
-    ``width``, every metric of :data:`evaluation.scores.METRICS` and the pixel counts), in id
-    order, and the worst cases for the grid."""
+    ``width``, every metric of :data:`evaluation.scores.METRICS` and the pixel counts; with a
+    model, the quality estimate and review flag; the measurements of the predicted and the
+    expert's mask), in id order, the worst cases for the grid, the calibration of the
+    probability maps (with a model at original resolution) and the share of pictures that are
+    not dermoscopy which the check flagged (when such pictures were given)."""
 
     settings: EvaluationSettings
     rows: list[dict[str, Any]]
     worst: list[Case]
+    calibration: CalibrationTally | None = None
+    non_dermoscopy: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """``summary.json``: :func:`evaluation.scores.summarize` of the rows and the
-        settings."""
-        return {**summarize(self.rows), "settings": asdict(self.settings)}
+        """``summary.json``: :func:`evaluation.scores.summarize` of the rows, the settings,
+        and ``quality``, ``measurements``, ``calibration``, ``non_dermoscopy`` (``None`` where
+        not measured)."""
+        return {**summarize(self.rows), "settings": asdict(self.settings),
+                "quality": self._quality(), "measurements": self._measurements(),
+                "calibration": self._calibration(), "non_dermoscopy": self.non_dermoscopy}
+
+    def _quality(self) -> dict[str, Any] | None:
+        if not self.rows or self.rows[0].get("quality", "") == "":
+            return None
+        return quality_summary(self.rows, self.settings.review_below)
+
+    def _measurements(self) -> dict[str, Any] | None:
+        if not self.rows or "predicted_area_px" not in self.rows[0]:
+            return None
+        sides = [[{name: row[f"{side}_{name}"] for name in MEASUREMENTS} for row in self.rows]
+                 for side in ("predicted", "expert")]
+        return measurement_agreement(*sides, MEASUREMENTS)
+
+    def _calibration(self) -> dict[str, Any] | None:
+        if self.calibration is None:
+            return None
+        return {"temperature": self.calibration.temperature,
+                "expected_calibration_error": error_of_bins(self.calibration.calibrated),
+                "expected_calibration_error_without_temperature":
+                    error_of_bins(self.calibration.uncalibrated)}
 
 
 def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Any]:
@@ -79,14 +124,28 @@ def write_report(evaluation: Evaluation, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = evaluation.summary()
     write_csv(evaluation.rows, out_dir / "metrics.csv")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    (out_dir / "summary.json").write_text(
+        json.dumps(without_nan(summary), indent=2, allow_nan=False) + "\n")
     plot_histogram([row["jaccard"] for row in evaluation.rows], out_dir / "jaccard_histogram.png")
     plot_worst(evaluation.worst, out_dir / "worst_cases.png")
+    if summary["quality"] is not None:
+        plot_risk_coverage(evaluation.rows, out_dir / "risk_coverage.png")
     return summary
 
 
+def without_nan(value: Any) -> Any:
+    """``value`` with every NaN float inside it replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    columns = ["id", "height", "width", *METRICS, *COUNTS]
+    columns = list(rows[0]) if rows else ["id"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -94,15 +153,63 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The summary as a text table: mean, median and standard deviation of every metric."""
+    """The summary as text: mean, median and standard deviation of every metric, then the
+    quality estimate, the calibration and the measurements where they were measured."""
     lines = [f"{'metric':<22}{'mean':>10}{'median':>10}{'std':>10}"]
     for name in METRICS:
         stats = summary["metrics"][name]
-        cells = "".join(f"{v:>10.4f}" if v is not None else f"{'-':>10}"
-                        for v in (stats["mean"], stats["median"], stats["std"]))
-        lines.append(f"{LABELS[name]:<22}{cells}")
+        lines.append(f"{LABELS[name]:<22}" + "".join(_cell(v) for v in (
+            stats["mean"], stats["median"], stats["std"])))
     if summary["hd95_undefined"]:
         lines[-1] += f"   ({summary['hd95_undefined']} undefined: one mask empty)"
     lines.append(f"ISIC 2018 ranking score (mean thresholded Jaccard): "
                  f"{summary['ranking_score']:.4f} over {summary['images']} images")
-    return "\n".join(lines)
+    return "\n".join(lines + quality_lines(summary) + measurement_lines(summary))
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:>10.4f}" if value is not None and not math.isnan(value) else f"{'-':>10}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def quality_lines(summary: dict[str, Any]) -> list[str]:
+    """The quality estimate's scores and the calibration, as text (none when not measured)."""
+    lines = []
+    quality, calibration = summary["quality"], summary["calibration"]
+    if quality is not None:
+        lines += [
+            f"quality estimate: AUROC {_number(quality['auroc'])} for the {quality['failures']}"
+            f" failures (Jaccard < 0.65), Spearman {_number(quality['spearman'])} with the "
+            f"Dice, AURC {_number(quality['aurc'], 4)} (best possible "
+            f"{_number(quality['aurc_optimal'], 4)})",
+            f"review flags: {quality['flagged']} of {quality['images']} masks (quality below "
+            f"{quality['review_below']} or another reason: {quality['reasons'] or 'none'}), "
+            f"{quality['failures_flagged']} of the {quality['failures']} failures; mean "
+            f"thresholded Jaccard {_number(quality['threshold_jaccard_all'], 4)} of all, "
+            f"{_number(quality['threshold_jaccard_unflagged'], 4)} of the unflagged"]
+    if calibration is not None:
+        lines.append(
+            f"expected calibration error of the probabilities: "
+            f"{calibration['expected_calibration_error']:.4f} (temperature "
+            f"{calibration['temperature']:.3f}; without it "
+            f"{calibration['expected_calibration_error_without_temperature']:.4f})")
+    if summary["non_dermoscopy"] is not None:
+        check = summary["non_dermoscopy"]
+        lines.append(f"not dermoscopy: {check['flagged']} of {check['images']} pictures that are "
+                     "not dermoscopy flagged")
+    return lines
+
+
+def measurement_lines(summary: dict[str, Any]) -> list[str]:
+    """The agreement of the measurements with the experts', as a text table."""
+    agreement = summary["measurements"]
+    if agreement is None:
+        return []
+    lines = [f"{'measurement vs expert':<27}{'median rel. err':>16}{'90th pct':>10}{'ICC':>8}"]
+    for name, stats in agreement.items():
+        lines.append(f"{name:<27}{_number(stats['median_relative_error']):>16}"
+                     f"{_number(stats['p90_relative_error']):>10}{_number(stats['icc']):>8}")
+    return lines

@@ -5,6 +5,7 @@ any tool. Each gives one :class:`evaluation.report.Evaluation`."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,31 @@ from tqdm import tqdm
 from data.dataset import ISICDataset, eval_transforms
 from data.layouts import DatasetError, Pair
 from evaluation.plots import WorstCases
-from evaluation.report import Evaluation, EvaluationSettings
+from evaluation.report import MEASUREMENTS, Evaluation, EvaluationSettings
 from evaluation.scores import fit_to_truth, read_scored_mask, score_masks
 from evaluation.sources import MaskFiles
+from measurements import measure
+from models.calibration import calibration_bins
 from models.predictor import Prediction, Predictor, postprocess
+
+
+class CalibrationTally:
+    """Calibration bins of the probability maps (``models.calibration.calibration_bins``)
+    summed over images, with the model's temperature and without it; safe to add to from
+    several threads."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.calibrated = self.uncalibrated = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, prediction: Prediction, truth: np.ndarray) -> None:
+        logits = torch.from_numpy(prediction.logits)
+        calibrated = calibration_bins(torch.sigmoid(logits).numpy(), truth)
+        raw = calibration_bins(torch.sigmoid(logits * self.temperature).numpy(), truth)
+        with self._lock:
+            self.calibrated = self.calibrated + calibrated
+            self.uncalibrated = self.uncalibrated + raw
 
 
 def evaluate_model(predictor: Predictor, pairs: Sequence[Pair], settings: EvaluationSettings,
@@ -32,8 +54,11 @@ def evaluate_model(predictor: Predictor, pairs: Sequence[Pair], settings: Evalua
         DatasetError: a mask and its image differ in size, or a file cannot be read.
     """
     cases = WorstCases(worst)
-    score = score_at_model_size if settings.resolution == "model" else score_at_original_size
-    return Evaluation(settings, score(predictor, pairs, cases), cases.cases())
+    if settings.resolution == "model":
+        return Evaluation(settings, score_at_model_size(predictor, pairs, cases), cases.cases())
+    tally = CalibrationTally(predictor.calibration.temperature)
+    rows = score_at_original_size(predictor, pairs, cases, tally)
+    return Evaluation(settings, rows, cases.cases(), tally)
 
 
 def evaluate_mask_files(files: Sequence[MaskFiles], settings: EvaluationSettings,
@@ -52,7 +77,8 @@ def evaluate_mask_files(files: Sequence[MaskFiles], settings: EvaluationSettings
         prediction = fit_to_truth(read_scored_mask(item.prediction), truth.shape,
                                   str(item.prediction), settings.resize_pred)
         prediction = postprocess(prediction, settings.keep_largest, settings.fill_holes)
-        rows.append(score_row(item.id, prediction, truth, item.image, cases))
+        row = score_row(item.id, prediction, truth, item.image, cases)
+        rows.append({**row, **measurement_columns(measure(prediction), measure(truth))})
     return Evaluation(settings, rows, cases.cases())
 
 
@@ -64,14 +90,34 @@ def score_row(id_: str, prediction: np.ndarray, truth: np.ndarray, image: Path |
     return {"id": id_, "height": truth.shape[0], "width": truth.shape[1], **scores}
 
 
+def measurement_columns(predicted: Any, expert: Any) -> dict[str, Any]:
+    """``predicted_<name>`` and ``expert_<name>`` of the :data:`evaluation.report.MEASUREMENTS`
+    of two :class:`measurements.LesionMeasurements`."""
+    rows = {"predicted": predicted.as_row(), "expert": expert.as_row()}
+    return {f"{side}_{name}": row[name] for name in MEASUREMENTS
+            for side, row in rows.items()}
+
+
+def check_non_dermoscopy(predictor: Predictor, paths: Sequence[Path]) -> dict[str, Any]:
+    """How many of these pictures, none of them dermoscopy, the model's dermoscopy check
+    flags: ``images``, ``flagged``, ``share`` and the names of those it let pass."""
+    check = predictor.calibration.dermoscopy
+    passed = [path.name for path in paths
+              if check is None or not check.failures(predictor.read(path).statistics)]
+    return {"images": len(paths), "flagged": len(paths) - len(passed),
+            "share": (len(paths) - len(passed)) / max(len(paths), 1), "passed": passed}
+
+
 def progress_bar(total: int) -> tqdm:
     return tqdm(total=total, unit="image", disable=None, file=sys.stderr)
 
 
-def score_at_original_size(predictor: Predictor, pairs: Sequence[Pair],
-                           worst: WorstCases) -> list[dict[str, Any]]:
+def score_at_original_size(predictor: Predictor, pairs: Sequence[Pair], worst: WorstCases,
+                           tally: CalibrationTally) -> list[dict[str, Any]]:
     """Predict each image at its original size (as predict.py does, decoding and scoring in
-    threads beside the model) and score it there; rows in id order."""
+    threads beside the model) and score it there: the masks, the quality estimate, the
+    measurements against the expert's and the calibration of the probabilities; rows in id
+    order."""
     by_image = {pair.image: pair for pair in pairs}
 
     def score(path: Path, prediction: Prediction) -> dict[str, Any]:
@@ -82,7 +128,11 @@ def score_at_original_size(predictor: Predictor, pairs: Sequence[Pair],
                 f"mask {pair.mask} is {truth.shape[1]}x{truth.shape[0]} but image "
                 f"{pair.image} is {prediction.mask.shape[1]}x{prediction.mask.shape[0]}; they "
                 "must have the same size (as the image is shown, EXIF orientation applied)")
-        return score_row(pair.id, prediction.mask, truth, pair.image, worst)
+        tally.add(prediction, truth)
+        expert = measure(truth, prediction.image, prediction.mm_per_pixel)
+        return {**score_row(pair.id, prediction.mask, truth, pair.image, worst),
+                **prediction.review_columns(),
+                **measurement_columns(prediction.measurements, expert)}
 
     rows = []
     with progress_bar(len(pairs)) as bar:

@@ -31,6 +31,10 @@ CHECKPOINT_VERSION = 1
 PREDICTION_KEYS = ("model", "model_config", "img_size", "normalization", "threshold")
 # Provenance kept with exported weights (the rest of a checkpoint is for resuming).
 INFO_KEYS = ("epoch", "step", "train_seconds", "metrics", "best_dice", "args", "synthetic_data")
+# What models.calibration fitted on held-out images (optional: a model may not have it yet).
+CALIBRATION_KEY = "calibration"
+# What a model file's metadata (safetensors, ONNX) holds besides its format and version.
+METADATA_KEYS = (*PREDICTION_KEYS, *INFO_KEYS, CALIBRATION_KEY)
 SAFETENSORS_SUFFIX = ".safetensors"
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INT8 = "int8"
@@ -157,6 +161,8 @@ class ModelBundle:
         threshold: lesion probability above which a pixel is lesion, in ``(0, 1)``.
         info: provenance: ``epoch``, ``metrics``, ``args`` of the training run (when known).
         path: the file it was read from.
+        calibration: the model's calibration (``models.calibration.Calibration.to_dict``),
+            ``None`` when it was never calibrated.
     """
 
     config: UNetConfig
@@ -167,6 +173,7 @@ class ModelBundle:
     threshold: float
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    calibration: dict[str, Any] | None = None
 
     def build(self) -> UNet:
         """The U-Net with these weights, in float32 and eval mode.
@@ -184,9 +191,12 @@ class ModelBundle:
 
     def settings(self) -> dict[str, Any]:
         """The prediction settings as plain types (what export writes into the metadata)."""
-        return {"model_config": self.config.to_dict(), "img_size": self.img_size,
-                "normalization": {"mean": list(self.mean), "std": list(self.std)},
-                "threshold": self.threshold}
+        settings = {"model_config": self.config.to_dict(), "img_size": self.img_size,
+                    "normalization": {"mean": list(self.mean), "std": list(self.std)},
+                    "threshold": self.threshold}
+        if self.calibration is not None:
+            settings[CALIBRATION_KEY] = self.calibration
+        return settings
 
 
 def bundle_from_checkpoint(payload: dict[str, Any], path: Path | None = None) -> ModelBundle:
@@ -215,7 +225,8 @@ def settings_bundle(settings: dict[str, Any], weights: dict[str, torch.Tensor],
         config = UNetConfig.from_dict(settings["model_config"])
         norm = settings["normalization"]
         return ModelBundle(config, weights, int(settings["img_size"]), tuple(norm["mean"]),
-                           tuple(norm["std"]), float(settings["threshold"]), info, path)
+                           tuple(norm["std"]), float(settings["threshold"]), info, path,
+                           settings.get(CALIBRATION_KEY))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} does not describe a U-Net of this project ({exc})") \
             from exc
@@ -289,7 +300,7 @@ def load_safetensors(path: Path) -> ModelBundle:
         weights = dequantize_int8(weights)
     try:
         values = {key: json.loads(value) for key, value in metadata.items()
-                  if key in (*PREDICTION_KEYS, *INFO_KEYS)}
+                  if key in METADATA_KEYS}
     except ValueError as exc:
         raise CheckpointError(f"{path} has unreadable metadata ({exc})") from exc
     return settings_bundle(values, weights, path)
@@ -322,3 +333,37 @@ def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             tensor = tensor.float() * scale.view(-1, *[1] * (tensor.dim() - 1))
         weights[name] = tensor
     return weights
+
+
+def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
+    """Store a model's calibration (``models.calibration.Calibration.to_dict``) in its file,
+    leaving the weights and everything else as they are: a training checkpoint's entry, a
+    safetensors or ONNX file's metadata. Atomic, as every write of a model file here.
+
+    Raises:
+        CheckpointError: the file cannot be read as a model of this project.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from models.onnx_model import update_metadata
+
+        update_metadata(path, {CALIBRATION_KEY: json.dumps(calibration)})
+    elif path.suffix == SAFETENSORS_SUFFIX:
+        _update_safetensors_metadata(path, {CALIBRATION_KEY: json.dumps(calibration)})
+    else:
+        payload = load_checkpoint(path)
+        payload.pop("format"), payload.pop("version")
+        save_checkpoint({**payload, CALIBRATION_KEY: calibration}, path)
+    return path
+
+
+def _update_safetensors_metadata(path: Path, updates: dict[str, str]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    load_safetensors(path)  # refuses files that are not this project's
+    with safe_open(path, framework="pt") as f:
+        metadata = {**(f.metadata() or {}), **updates}
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    with atomic_file(path) as out:
+        out.write(save(tensors, metadata=metadata))

@@ -20,8 +20,7 @@ from common.errors import FlagError
 from models.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
-    INFO_KEYS,
-    PREDICTION_KEYS,
+    METADATA_KEYS,
     CheckpointError,
     ModelBundle,
     atomic_file,
@@ -85,9 +84,25 @@ def read_metadata(path: Path) -> ModelBundle:
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a model exported by this project (export one with "
                               "`python scripts/export.py --format onnx`)")
-    values = {key: json.loads(value) for key, value in metadata.items()
-              if key in (*PREDICTION_KEYS, *INFO_KEYS)}
+    values = {key: json.loads(value) for key, value in metadata.items() if key in METADATA_KEYS}
     return settings_bundle(values, {}, path)
+
+
+def update_metadata(path: Path, updates: dict[str, str]) -> None:
+    """Set metadata entries of an exported ``.onnx`` (atomically), the graph unchanged.
+
+    Raises:
+        CheckpointError: the file is not an ONNX model of this project.
+    """
+    import onnx
+
+    read_metadata(path)  # refuses files that are not this project's
+    graph = onnx.load(path, load_external_data=False)
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, {**metadata, **updates})
+    with atomic_file(path) as f:
+        f.write(graph.SerializeToString())
 
 
 class OnnxRunner:

@@ -1,12 +1,14 @@
 """A trained model loaded for prediction: the :class:`Predictor` API behind ``predict.py``,
-``scripts/evaluate.py``, the notebook and torch.hub.
+``scripts/evaluate.py``, the notebook, the web page and torch.hub.
 
 Images go through exactly the validation transform of training (area resize to the model's
-square size, the model's normalisation); the logits are resized back to the image's size with
-``INTER_LINEAR`` and thresholded there. Files are read at reduced scale when they are large
-(see :func:`data.imageio.read_image_reduced`), and :meth:`Predictor.predict_files` decodes
-the next images and finishes (resizes, writes) the previous ones in threads while the model
-runs.
+square size, the model's normalisation); the logits, divided by the model's temperature
+(:mod:`models.calibration`), are resized back to the image's size with ``INTER_LINEAR`` and
+thresholded there. Each mask comes with an estimate of its quality (:mod:`models.quality`, from
+the four flipped variants of the image) and a review flag with its reasons
+(:mod:`models.review`). Files are read at reduced scale when they are large (see
+:func:`data.imageio.read_image_reduced`), and :meth:`Predictor.predict_files` decodes the next
+images and finishes (resizes, writes) the previous ones in threads while the model runs.
 """
 
 from __future__ import annotations
@@ -30,14 +32,21 @@ from common.errors import FlagError
 from common.options import check_minimum
 from data.imageio import CorruptFileError, read_image, read_image_reduced
 from data.preprocess import model_input
+from measurements import LesionMeasurements, measure, pixel_size_from_file
 from models.bundled import default_model
+from models.calibration import Calibration
 from models.checkpoint import ModelBundle, load_model_file
+from models.image_check import image_statistics
 from models.onnx_model import is_onnx
+from models.quality import flip_features
+from models.review import review_reasons
 
 # Probabilities are clamped this far from 0 and 1 before the logit, which would be infinite.
 TTA_EPS = 1e-6
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 OUTLINE_BGR = (0, 255, 0)
+# Longest side of the copy of an image a prediction keeps for its lesion's colours.
+COLOUR_IMAGE_SIDE = 1024
 # Errors that make one input image fail without stopping the others.
 IMAGE_ERRORS = (CorruptFileError, OSError, cv2.error)
 Result = TypeVar("Result")
@@ -49,17 +58,60 @@ class Prediction:
 
     Attributes:
         mask: bool ``(H, W)``, the thresholded (and post-processed) lesion mask.
-        logits: float32 ``(H, W)``, the model's logits resized to the image.
+        logits: float32 ``(H, W)``, the model's logits divided by its temperature, resized to
+            the image.
+        quality: the estimated Dice of ``mask`` against an expert's mask, in ``[0, 1]``
+            (:mod:`models.quality`); ``None`` when the predictor does not estimate it.
+        reason: why the mask should be reviewed, ``""`` when it need not be: ``not
+            dermoscopy``, ``no lesion found``, ``lesion larger than the frame``, ``low
+            quality``, joined by ``"; "``.
+        image: RGB uint8, the image or a copy reduced by a whole factor (for the lesion's
+            colours); ``None`` when unknown.
+        mm_per_pixel: the pixel size in millimetres, when known.
         probabilities: float32 ``(H, W)`` lesion probabilities in ``[0, 1]``, computed from
             the logits when first asked for.
+        measurements: the lesion's :class:`measurements.LesionMeasurements`, computed when
+            first asked for.
     """
 
     mask: np.ndarray
     logits: np.ndarray = field(repr=False)
+    quality: float | None = None
+    reason: str = ""
+    image: np.ndarray | None = field(default=None, repr=False)
+    mm_per_pixel: float | None = None
+
+    @property
+    def review(self) -> bool:
+        """Whether a person should look at this mask (see :attr:`reason`)."""
+        return bool(self.reason)
 
     @cached_property
     def probabilities(self) -> np.ndarray:
         return torch.from_numpy(self.logits).sigmoid().numpy()
+
+    def review_columns(self) -> dict[str, Any]:
+        """``quality`` (rounded to 4 decimals, ``""`` when not estimated), ``review``
+        (``yes``/``no``) and ``reason``, as ``predictions.csv`` has them."""
+        return {"quality": "" if self.quality is None else round(self.quality, 4),
+                "review": "yes" if self.review else "no", "reason": self.reason}
+
+    @cached_property
+    def measurements(self) -> LesionMeasurements:
+        return measure(self.mask, self.image, self.mm_per_pixel)
+
+
+@dataclass
+class LoadedImage:
+    """An image ready for the model: its normalised tensor ``(3, S, S)``, original ``(height,
+    width)``, the statistics of the dermoscopy check, a copy for the colours, and its pixel
+    size in millimetres when known."""
+
+    tensor: torch.Tensor
+    size: tuple[int, int]
+    statistics: dict[str, float]
+    colour_image: np.ndarray
+    mm_per_pixel: float | None = None
 
 
 def postprocess(mask: np.ndarray, keep_largest: bool = False,
@@ -116,6 +168,43 @@ def draw_contour(image: np.ndarray, mask: np.ndarray,
     return image
 
 
+def draw_prediction(image: np.ndarray, prediction: Prediction,
+                    colour: tuple[int, int, int] = OUTLINE_BGR) -> np.ndarray:
+    """Draw on ``image`` in place, and return it: the lesion's outline, its largest diameter,
+    and a line of text with the quality estimate, the review reason and the diameter.
+
+    Args:
+        image: uint8 ``(H, W, 3)`` of the prediction's size, in the channel order of
+            ``colour``.
+        prediction: its :class:`Prediction`.
+        colour: three values in ``[0, 255]``.
+    """
+    draw_contour(image, prediction.mask, colour)
+    thickness = max(1, round(max(image.shape[:2]) / 500))
+    found = prediction.measurements
+    if found.diameter_ends is not None:
+        start, end = (tuple(round(value) for value in point) for point in found.diameter_ends)
+        cv2.line(image, start, end, colour, thickness, cv2.LINE_AA)
+    label = describe_prediction(prediction)
+    scale = max(image.shape[:2]) / 1400
+    origin = (round(12 * scale) + 2, round(34 * scale) + 8)
+    for ink, width in (((0, 0, 0), 3 * thickness), ((255, 255, 255), thickness)):
+        cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, width,
+                    cv2.LINE_AA)
+    return image
+
+
+def describe_prediction(prediction: Prediction) -> str:
+    """One line for people: quality, review reason and largest diameter."""
+    parts = [] if prediction.quality is None else [f"quality {prediction.quality:.2f}"]
+    parts.append(f"review: {prediction.reason}" if prediction.review else "no review needed")
+    found = prediction.measurements
+    if found.area_px:
+        parts.append(f"diameter {found.max_diameter_mm:.1f} mm" if found.max_diameter_mm
+                     else f"diameter {found.max_diameter_px:.0f} px")
+    return " | ".join(parts)
+
+
 class TorchRunner:
     """The U-Net in PyTorch: normalised ``(N, 3, H, W)`` in, float32 logits ``(N, 1, H, W)``
     out, on the hardware's device and precision."""
@@ -151,12 +240,12 @@ class Predictor:
     Args:
         checkpoint: a ``best.pt`` or ``last.pt`` written by ``train.py``, or a ``.safetensors``
             or ``.onnx`` export (run by ONNX Runtime); ``None``:
-            :func:`models.bundled.default_model` (your ``models/checkpoints/best.pt``, else
-            the bundled ISIC model).
+            :func:`models.bundled.default_model` (your ``models/checkpoints/best.pt`` trained
+            on real images, else the bundled ISIC model).
         device: ``auto`` (CUDA, MPS, CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
-        threshold: probability above which a pixel is lesion, in ``(0, 1)``; default the
-            model file's.
-        tta: average the probabilities over horizontal and vertical flips (4 passes).
+        threshold: probability (after the model's temperature) above which a pixel is lesion,
+            in ``(0, 1)``; default the model file's.
+        tta: the mask from the mean probability over horizontal and vertical flips.
         keep_largest: see :func:`postprocess`.
         fill_holes: see :func:`postprocess`.
         batch_size: images per forward pass in :meth:`predict_batch` and
@@ -166,26 +255,38 @@ class Predictor:
         workers: threads of :meth:`predict_files`.
         full_decode: decode image files in full, never at the JPEG decoder's reduced scale
             (slower; the masks differ only along the border, see the README).
+        quality: estimate each mask's quality, from the four flipped variants of the image
+            (the model runs on four images instead of one, unless ``tta`` runs them anyway).
+        review_below: a quality below this flags the mask for review; default the model
+            file's (fitted on held-out images, :mod:`models.calibration`).
+        mm_per_pixel: the pixel size in millimetres for the measurements; default the one an
+            image file's header states where it is believable, else none.
 
     Attributes:
         checkpoint_path: the model file in use.
         info: how the model was trained (``epoch``, ``metrics``, ``args``; what the file
             recorded).
+        calibration: the model's temperature, quality estimate, review threshold and
+            dermoscopy check (defaults when the file holds none).
 
     Raises:
         CheckpointError: the model file is missing, unsafe or not of this project.
-        FlagError: a bad threshold, batch size, device or precision.
+        FlagError: a bad threshold, review threshold, batch size, pixel size, device or
+            precision.
     """
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  threshold: float | None = None, tta: bool = False, keep_largest: bool = False,
                  fill_holes: bool = False, batch_size: int = 8, precision: str = "auto",
-                 workers: int = 2, full_decode: bool = False) -> None:
+                 workers: int = 2, full_decode: bool = False, quality: bool = True,
+                 review_below: float | None = None,
+                 mm_per_pixel: float | None = None) -> None:
         check_minimum({"batch_size": batch_size, "workers": workers})
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else default_model()
         bundle, self.runner = load_runner(self.checkpoint_path, device, precision)
         self.device = self.runner.device
         self.info: dict[str, Any] = bundle.info
+        self.calibration = Calibration.from_dict(bundle.calibration)
         self.img_size = bundle.img_size
         self.mean, self.std = bundle.mean, bundle.std
         self.threshold = _checked_threshold(bundle.threshold if threshold is None else threshold)
@@ -195,6 +296,12 @@ class Predictor:
         self.batch_size = batch_size
         self.workers = workers
         self.full_decode = full_decode
+        self.quality = quality
+        self.review_below = _checked_review_below(
+            self.calibration.review_below if review_below is None else review_below)
+        if mm_per_pixel is not None and not mm_per_pixel > 0:
+            raise FlagError(f"--mm-per-pixel must be positive, got {mm_per_pixel}")
+        self.mm_per_pixel = mm_per_pixel
 
     def with_settings(self, threshold: float | None = None, tta: bool | None = None,
                       keep_largest: bool | None = None,
@@ -222,31 +329,60 @@ class Predictor:
                              f"{image.shape}; read files with data.imageio.read_image")
         return torch.from_numpy(model_input(image, self.img_size, self.mean, self.std))
 
-    def read(self, path: str | Path) -> tuple[torch.Tensor, tuple[int, int]]:
-        """An image file as :meth:`preprocess` makes it, and its original ``(height, width)``
-        (decoded at reduced scale when it is large enough, unless ``full_decode``; see
-        :func:`data.imageio.read_image_reduced`).
+    def load(self, image: np.ndarray, size: tuple[int, int] | None = None,
+             mm_per_pixel: float | None = None) -> LoadedImage:
+        """An RGB uint8 image ``(h, w, 3)`` ready for the model: ``size`` is the original
+        ``(height, width)`` when ``image`` is a reduced copy (default its own)."""
+        step = -(-max(image.shape[:2]) // COLOUR_IMAGE_SIDE)
+        colours = np.ascontiguousarray(image[::step, ::step]) if step > 1 else image
+        return LoadedImage(self.preprocess(image), size or image.shape[:2],
+                           image_statistics(image), colours, self.mm_per_pixel or mm_per_pixel)
+
+    def read(self, path: str | Path) -> LoadedImage:
+        """An image file ready for the model (decoded at reduced scale when it is large enough,
+        unless ``full_decode``; see :func:`data.imageio.read_image_reduced`), with the pixel
+        size its header states, where believable.
 
         Raises:
             MissingFileError, CorruptFileError: the file is missing or cannot be decoded.
         """
         if self.full_decode:
-            image = read_image(path)
-            return self.preprocess(image), image.shape[:2]
-        image, size = read_image_reduced(path, self.img_size)
-        return self.preprocess(image), size
+            image, size = read_image(path), None
+        else:
+            image, size = read_image_reduced(path, self.img_size)
+        pixel_size = None if self.mm_per_pixel else pixel_size_from_file(path)
+        return self.load(image, size, pixel_size)
 
-    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, 1, S, S)``.
+    def flip_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, 4, S, S)`` of the image and its
+        horizontal, vertical and double flips (:data:`FLIPS`), flipped back onto the image; the
+        model runs once on the ``4 N`` images. Before the model's temperature."""
+        logits = self.runner(torch.cat([_flip(batch, dims) for dims in FLIPS]))[:, 0]
+        variants = logits.float().cpu().split(len(batch))
+        return torch.stack([_flip(variant, dims) for variant, dims in zip(variants, FLIPS)],
+                           dim=1)
 
-        With ``tta``: the logit of the mean probability over the flips, clamped to
+    def model_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised ``(N, 3, S, S)`` -> the logits of the masks ``(N, 1, S, S)`` after the
+        temperature, and, when ``quality`` or ``tta`` asks for the flips, their probabilities
+        ``(N, 4, S, S)`` (else ``None``).
+
+        With ``tta`` the logits are those of the mean probability over the flips, clamped to
         ``logit(1e-6) .. logit(1 - 1e-6)``.
         """
-        if not self.tta:
-            return self.runner(batch)
-        probabilities = sum(_flip(torch.sigmoid(self.runner(_flip(batch, dims))), dims)
-                            for dims in FLIPS) / len(FLIPS)
-        return torch.logit(probabilities, eps=TTA_EPS)
+        temperature = self.calibration.temperature
+        if not (self.quality or self.tta):
+            return self.runner(batch).float().cpu() / temperature, None
+        logits = self.flip_logits(batch) / temperature
+        probabilities = torch.sigmoid(logits)
+        if self.tta:
+            return torch.logit(probabilities.mean(1, keepdim=True), eps=TTA_EPS), probabilities
+        return logits[:, :1], probabilities
+
+    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, 1, S, S)`` of the masks (see
+        :meth:`model_outputs`)."""
+        return self.model_outputs(batch)[0]
 
     def predict(self, image: np.ndarray) -> Prediction:
         """RGB uint8 ``(H, W, 3)`` -> its :class:`Prediction` at ``(H, W)``."""
@@ -254,29 +390,52 @@ class Predictor:
 
     def predict_file(self, path: str | Path) -> Prediction:
         """An image file -> its :class:`Prediction` at the image's original size."""
-        tensor, size = self.read(path)
-        return self.restore(self.predict_logits(tensor[None])[0].cpu(), size)
+        loaded = self.read(path)
+        logits, flips = self.model_outputs(loaded.tensor[None])
+        return self.restore(logits[0], loaded, None if flips is None else flips[0])
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """RGB uint8 ``(H_i, W_i, 3)`` images of any sizes -> one :class:`Prediction` each,
         at each image's size; the model runs on ``batch_size`` images at a time."""
         predictions: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = torch.stack([self.preprocess(image) for image in chunk])
-            logits = self.predict_logits(batch).cpu()
-            predictions.extend(self.restore(image_logits, image.shape[:2])
-                               for image_logits, image in zip(logits, chunk))
+            chunk = [self.load(image) for image in images[start:start + self.batch_size]]
+            predictions.extend(self._predict_loaded(chunk))
         return predictions
 
-    def restore(self, logits: torch.Tensor, size: tuple[int, int]) -> Prediction:
-        """Model-size logits ``(1, S, S)`` or ``(S, S)`` -> :class:`Prediction` at ``size``
-        ``(height, width)``: resized as logits, then thresholded and post-processed."""
+    def _predict_loaded(self, chunk: Sequence[LoadedImage]) -> list[Prediction]:
+        logits, flips = self.model_outputs(torch.stack([loaded.tensor for loaded in chunk]))
+        return [self.restore(logits[i], loaded, None if flips is None else flips[i])
+                for i, loaded in enumerate(chunk)]
+
+    def full_size_mask(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Model-size logits (after the temperature) ``(1, S, S)`` or ``(S, S)`` -> the
+        post-processed bool mask at ``size`` ``(height, width)``."""
+        return self._resized(logits, size)[1]
+
+    def _resized(self, logits: torch.Tensor, size: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
         height, width = size
         small = logits.reshape(logits.shape[-2:]).float().cpu().numpy()
         full = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-        mask = postprocess(full > _logit(self.threshold), self.keep_largest, self.fill_holes)
-        return Prediction(mask=mask, logits=full)
+        return full, postprocess(full > _logit(self.threshold), self.keep_largest,
+                                 self.fill_holes)
+
+    def restore(self, logits: torch.Tensor, loaded: LoadedImage,
+                flips: torch.Tensor | None = None) -> Prediction:
+        """The :class:`Prediction` at ``loaded.size`` of model-size logits ``(1, S, S)`` (after
+        the temperature; resized as logits, then thresholded and post-processed), with the
+        quality estimated from the flips' probabilities ``(4, S, S)`` and the review flag."""
+        full, mask = self._resized(logits, loaded.size)
+        quality = None
+        if self.quality and flips is not None:
+            signals = flip_features(flips.numpy(), self.threshold)
+            quality = self.calibration.quality.estimate(signals, empty=not mask.any())
+        check = self.calibration.dermoscopy
+        dermoscopy = check is None or not check.failures(loaded.statistics)
+        reasons = review_reasons(mask, quality, self.review_below, dermoscopy)
+        return Prediction(mask, full, quality, "; ".join(reasons), loaded.colour_image,
+                          loaded.mm_per_pixel)
 
     def predict_files(self, paths: Sequence[Path], finish: Callable[[Path, Prediction], Result]
                       ) -> Iterator[tuple[Path, Result | BaseException]]:
@@ -300,22 +459,25 @@ class Predictor:
                 ready = []
                 for path, future in zip(chunk, current):
                     try:
-                        ready.append((path, *future.result()))
+                        ready.append((path, future.result()))
                     except IMAGE_ERRORS as exc:
                         yield path, exc
                 if ready:
-                    logits = self.predict_logits(torch.stack([t for _, t, _ in ready])).cpu()
-                    for (path, _, size), image_logits in zip(ready, logits):
-                        finishing.append((path, pool.submit(self._finish, finish, path,
-                                                            image_logits, size)))
+                    logits, flips = self.model_outputs(
+                        torch.stack([loaded.tensor for _, loaded in ready]))
+                    for i, (path, loaded) in enumerate(ready):
+                        image_flips = None if flips is None else flips[i]
+                        finishing.append((path, pool.submit(
+                            self._finish, finish, path, logits[i], loaded, image_flips)))
                 while len(finishing) > self.workers or (finishing and finishing[0][1].done()):
                     yield _outcome(*finishing.popleft())
             while finishing:
                 yield _outcome(*finishing.popleft())
 
     def _finish(self, finish: Callable[[Path, Prediction], Result], path: Path,
-                logits: torch.Tensor, size: tuple[int, int]) -> Result:
-        return finish(path, self.restore(logits, size))
+                logits: torch.Tensor, loaded: LoadedImage,
+                flips: torch.Tensor | None) -> Result:
+        return finish(path, self.restore(logits, loaded, flips))
 
 
 def _outcome(path: Path, future: Future) -> tuple[Path, Any]:
@@ -327,6 +489,13 @@ def _outcome(path: Path, future: Future) -> tuple[Path, Any]:
 
 def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return batch.flip(dims) if dims else batch
+
+
+def _checked_review_below(review_below: float) -> float:
+    review_below = float(review_below)
+    if not 0 <= review_below <= 1:
+        raise FlagError(f"--review-below must be between 0 and 1, got {review_below}")
+    return review_below
 
 
 def _checked_threshold(threshold: float) -> float:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mode (default: the --gt layout's images, else the masks only)")
     g.add_argument("--resize-pred", action="store_true", help="resize predictions of another "
                    "size than their ground truth (nearest neighbour) instead of refusing them")
+    g.add_argument("--non-dermoscopy", default=None, metavar="DIR",
+                   help="a folder of pictures that are not dermoscopy: report how many the "
+                   "model's dermoscopy check flags (--checkpoint mode)")
     g.add_argument("--resolution", choices=("original", "model"), default="original",
                    help="original: the challenge's scoring; model: at the checkpoint's img_size "
                    "as train.py validates (to compare with its val_dice)")
@@ -87,7 +90,9 @@ def check_args(args: argparse.Namespace) -> None:
                              "masks (--pred/--gt), not both")
         ignored = [flag for flag, value in (("--tta", args.tta), ("--threshold", args.threshold),
                                             ("--resolution model", args.resolution == "model"),
-                                            ("--full-decode", args.full_decode))
+                                            ("--full-decode", args.full_decode),
+                                            ("--non-dermoscopy", args.non_dermoscopy),
+                                            ("--review-below", args.review_below))
                    if value]
         if ignored:
             raise FlagError(f"{', '.join(ignored)}: only with --checkpoint (--pred masks are "
@@ -102,10 +107,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     """--checkpoint mode: the model predicts the masks of a data split; the evaluation and the
     report's default name."""
     from evaluation.report import EvaluationSettings
-    from evaluation.scoring import evaluate_model
+    from evaluation.scoring import check_non_dermoscopy, evaluate_model
     from evaluation.sources import scored_set
     from models.bundled import describe_model
-    from predict import predictor_from_args
+    from predict import collect_inputs, predictor_from_args
 
     predictor = predictor_from_args(args)
     print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
@@ -120,10 +125,15 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
         split_source=scored.split_source, resolution=args.resolution,
         checkpoint=str(predictor.checkpoint_path), threshold=predictor.threshold,
         tta=args.tta, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-        precision=args.precision, full_decode=args.full_decode, img_size=predictor.img_size)
+        precision=args.precision, full_decode=args.full_decode, img_size=predictor.img_size,
+        quality=predictor.quality, review_below=predictor.review_below,
+        mm_per_pixel=args.mm_per_pixel)
+    evaluation = evaluate_model(predictor, scored.pairs, settings, args.worst)
+    if args.non_dermoscopy:
+        evaluation.non_dermoscopy = check_non_dermoscopy(
+            predictor, collect_inputs([args.non_dermoscopy]))
     checkpoint = predictor.checkpoint_path
-    return (evaluate_model(predictor, scored.pairs, settings, args.worst),
-            f"{checkpoint.parent.name}-{checkpoint.stem}_{scored.label}")
+    return evaluation, f"{checkpoint.parent.name}-{checkpoint.stem}_{scored.label}"
 
 
 def evaluate_masks(args: argparse.Namespace) -> tuple[Evaluation, str]:

@@ -73,34 +73,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class CheckResult:
-    """What --check measured: the largest logit difference over all images, and the lowest
-    share of agreeing mask pixels of any image (with its name)."""
+    """What --check measured: the largest logit difference and the largest difference of the
+    quality estimates over all images, and the lowest share of agreeing mask pixels of any
+    image (with its name)."""
 
     images: int
     max_logit_difference: float
+    max_quality_difference: float
     min_agreement: float
     worst_image: str
 
     def format(self) -> str:
         return (f"check on {self.images} images: largest logit difference "
-                f"{self.max_logit_difference:.2e}, mask pixels agreeing {self.min_agreement:.5%}"
-                f" at least ({self.worst_image})")
+                f"{self.max_logit_difference:.2e}, largest quality difference "
+                f"{self.max_quality_difference:.4f}, mask pixels agreeing "
+                f"{self.min_agreement:.5%} at least ({self.worst_image})")
 
 
 def compare(original, exported, paths: Sequence[Path]) -> CheckResult:
     """Predict ``paths`` with both :class:`models.predictor.Predictor` objects and compare."""
-    worst_difference, worst_agreement, worst_image = 0.0, 1.0, ""
+    worst_difference = worst_quality = 0.0
+    worst_agreement, worst_image = 1.0, ""
     for path in paths:
-        tensor, size = original.read(path)
-        logits = [predictor.predict_logits(tensor[None])[0].float().cpu()
-                  for predictor in (original, exported)]
+        loaded = original.read(path)
+        outputs = [predictor.model_outputs(loaded.tensor[None])
+                   for predictor in (original, exported)]
+        logits = [image_logits[0] for image_logits, _ in outputs]
         worst_difference = max(worst_difference, float((logits[0] - logits[1]).abs().max()))
-        masks = [predictor.restore(image_logits, size).mask
-                 for predictor, image_logits in zip((original, exported), logits)]
-        agreement = float((masks[0] == masks[1]).mean())
+        first, second = (predictor.restore(image_logits[0], loaded, flips[0])
+                         for predictor, (image_logits, flips) in zip((original, exported),
+                                                                     outputs))
+        worst_quality = max(worst_quality, abs(first.quality - second.quality))
+        agreement = float((first.mask == second.mask).mean())
         if agreement < worst_agreement or not worst_image:
             worst_agreement, worst_image = agreement, path.name
-    return CheckResult(len(paths), worst_difference, worst_agreement, worst_image)
+    return CheckResult(len(paths), worst_difference, worst_quality, worst_agreement,
+                       worst_image)
 
 
 def check_images(patterns: Sequence[str] | None) -> list[Path]:

@@ -523,3 +523,14 @@ def test_benchmark_prints_one_markdown_row(capsys: pytest.CaptureFixture) -> Non
     assert re.fullmatch(r"\| .+ \| 96x64 \| \d+% \| \d+\.\d \| \d+\.\d \| 2 \|", lines[0])
     assert cv2.getNumThreads() == threads
     assert benchmark_measurements.main(["--repeat", "0"]) == 1
+
+
+def test_the_diameters_ends_lie_on_the_lesion_at_its_largest_diameter() -> None:
+    mask = np.zeros((100, 200), bool)
+    mask[40:60, 20:180] = True
+    found = measure(mask)
+    (x1, y1), (x2, y2) = found.diameter_ends
+    assert mask[int(y1), int(x1)] and mask[int(y2), int(x2)]
+    assert np.hypot(x2 - x1, y2 - y1) + 1 == pytest.approx(found.max_diameter_px)
+    assert {x1, x2} == {20.0, 179.0}  # opposite corners of the rectangle
+    assert measure(np.zeros((5, 5), bool)).diameter_ends is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -58,11 +59,16 @@ def run_predict(checkpoint: Path, *args: str) -> int:
 
 
 def summary(stdout: str) -> tuple[int, int, int]:
-    """(done, total, failed) from the last line of predict.py's output."""
-    match = SUMMARY.match(stdout.strip().splitlines()[-1])
+    """(done, total, failed) from predict.py's line that starts with ``done:``."""
+    match = next(filter(None, map(SUMMARY.match, stdout.splitlines())), None)
     assert match, stdout
     done, total, failed = map(int, match.groups())
     return done, total, failed
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -179,9 +185,13 @@ def test_files_folders_and_globs_in_one_call(tmp_path, checkpoint, capsys):
     assert rc == 0
     assert summary(capsys.readouterr().out) == (4, 4, 0)
     assert sorted(p.name for p in out.iterdir()) == [
-        "c_segmentation.png", "x1_segmentation.png", "x2_segmentation.png",
+        "c_segmentation.png", "predictions.csv", "x1_segmentation.png", "x2_segmentation.png",
         "y1_segmentation.png"]
     assert read_png(out / "y1_segmentation.png").shape == (42, 52)
+    rows = read_csv(out / "predictions.csv")
+    assert [row["image"] for row in rows] == ["x1.png", "x2.jpg", "y1.bmp", "c.jpg"]
+    assert [(row["width"], row["height"]) for row in rows] == [
+        ("50", "40"), ("51", "41"), ("52", "42"), ("54", "44")]
 
 
 def test_predicting_into_the_input_folder_twice_skips_the_outputs(tmp_path, checkpoint,
@@ -194,7 +204,7 @@ def test_predicting_into_the_input_folder_twice_skips_the_outputs(tmp_path, chec
                          "--output", str(folder), "--overlay", "--save-probabilities")
         assert rc == 0
         assert summary(capsys.readouterr().out) == (2, 2, 0)
-    assert len(list(folder.iterdir())) == 2 + 2 * 3
+    assert len(list(folder.iterdir())) == 2 + 2 * 3 + 1  # images, outputs, predictions.csv
 
 
 def test_bad_files_are_reported_and_the_others_still_processed(tmp_path, checkpoint, capsys):
@@ -213,8 +223,14 @@ def test_bad_files_are_reported_and_the_others_still_processed(tmp_path, checkpo
     captured = capsys.readouterr()
     assert rc == 1
     assert summary(captured.out) == (1, 3, 2)
-    assert [p.name for p in out.iterdir()] == ["good_segmentation.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["good_segmentation.png", "predictions.csv"]
     assert "corrupt.jpg" in captured.err and "truncated.jpg" in captured.err
+    rows = {row["image"]: row for row in read_csv(out / "predictions.csv")}
+    assert sorted(rows) == ["corrupt.jpg", "good.png", "truncated.jpg"]
+    for name in ("corrupt.jpg", "truncated.jpg"):  # the failures keep their row
+        assert rows[name]["review"] == "yes" and rows[name]["reason"].startswith("unreadable")
+        assert rows[name]["quality"] == rows[name]["width"] == ""
+    assert rows["good.png"]["width"] == "40" and rows["good.png"]["quality"] != ""
     assert "notes.txt" not in captured.err and ".hidden" not in captured.err
 
 

@@ -1,0 +1,299 @@
+"""What a model learns about itself on held-out images, stored with it: a temperature that makes
+its probabilities mean what they say, the quality estimate of :mod:`models.quality`, the
+quality below which a mask is flagged for review, and the dermoscopy check of
+:mod:`models.image_check`.
+
+:func:`fit_calibration` fits them: the temperature and the quality estimate on held-out images
+with experts' masks (never on the images they will be reported on), the dermoscopy check on the
+model's training images. ``scripts/calibrate.py`` runs it and writes the result into the model
+file (checkpoint, safetensors or ONNX metadata), and ``train.py`` runs it on its validation
+split when it finishes, so that every way of predicting gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from data.imageio import read_image_reduced
+from data.layouts import Pair
+from evaluation.scores import overlap_scores, read_scored_mask
+from models.image_check import SIDE, DermoscopyCheck, fit_dermoscopy_check, image_statistics
+from models.quality import QualityModel, fit_quality_model, flip_features
+
+if TYPE_CHECKING:
+    from models.predictor import Predictor
+
+# Review threshold of a model whose quality estimate was never fitted (the model's own expected
+# Dice, which is optimistic).
+UNFITTED_REVIEW_BELOW = 0.85
+# The review threshold flags at most this share of the held-out images.
+MAX_FLAGGED = 0.2
+JACCARD_FAILURE = 0.65  # a mask below this Jaccard index counts as a failure (the ISIC rule)
+CALIBRATION_BINS = 15
+FOLDS = 10
+# At most this many training images are read for the dermoscopy check.
+MAX_CHECK_IMAGES = 1000
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's calibration (see the module docstring).
+
+    Attributes:
+        temperature: the model's logits are divided by it before the sigmoid, ``> 0``.
+        quality: the quality estimate.
+        review_below: a quality below this flags the mask for review, in ``[0, 1]``.
+        dermoscopy: the dermoscopy check, ``None`` when not fitted (every image passes).
+        fitted_on: what it was fitted on, for people to read.
+    """
+
+    temperature: float = 1.0
+    quality: QualityModel = field(default_factory=QualityModel.unfitted)
+    review_below: float = UNFITTED_REVIEW_BELOW
+    dermoscopy: DermoscopyCheck | None = None
+    fitted_on: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for a model file."""
+        return {"temperature": self.temperature, "quality": self.quality.to_dict(),
+                "review_below": self.review_below,
+                "dermoscopy": self.dermoscopy.to_dict() if self.dermoscopy else None,
+                "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Calibration:
+        """What :meth:`to_dict` wrote; ``None`` (a model never calibrated) gives the
+        defaults."""
+        if not values:
+            return cls()
+        check = values.get("dermoscopy")
+        return cls(float(values["temperature"]), QualityModel.from_dict(values["quality"]),
+                   float(values["review_below"]),
+                   DermoscopyCheck.from_dict(check) if check else None,
+                   str(values.get("fitted_on", "")))
+
+
+# ---------------------------------------------------------------- temperature and its effect
+
+
+def fit_temperature(logits: np.ndarray, truth: np.ndarray) -> float:
+    """The temperature ``T`` that minimises the binary cross-entropy of ``sigmoid(logits / T)``
+    against ``truth`` (Guo et al., 2017, "On calibration of modern neural networks").
+
+    Args:
+        logits: float, any shape (the pixels of held-out images).
+        truth: bool, the same shape.
+    """
+    logits = torch.as_tensor(logits, dtype=torch.float64).flatten()
+    target = torch.as_tensor(truth, dtype=torch.float64).flatten()
+
+    def loss(log_temperature: float) -> float:
+        scaled = logits / math.exp(log_temperature)
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(scaled, target))
+
+    low, high = (math.log(value) for value in TEMPERATURE_RANGE)
+    return math.exp(minimize_scalar(loss, bounds=(low, high), method="bounded").x)
+
+
+def calibration_bins(probabilities: np.ndarray, truth: np.ndarray,
+                     bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """Per equal-width bin of the predicted probability, the share of the pixels in it, the
+    sum of their probabilities and the number of lesion pixels among them, each divided by the
+    number of pixels: float64 ``(3, bins)``. Summed over images, each image counts once
+    whatever its size.
+
+    Args:
+        probabilities: float in ``[0, 1]``, any shape.
+        truth: bool, the same shape.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    truth = np.asarray(truth, dtype=bool).ravel()
+    index = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    tallies = [np.bincount(index, minlength=bins),
+               np.bincount(index, weights=probabilities, minlength=bins),
+               np.bincount(index, weights=truth, minlength=bins)]
+    return np.stack(tallies).astype(np.float64) / max(len(probabilities), 1)
+
+
+def error_of_bins(tallies: np.ndarray) -> float:
+    """Expected calibration error of :func:`calibration_bins` (summed over images): the
+    pixel-weighted mean over bins of ``|mean probability - share of lesion pixels|``, in
+    ``[0, 1]``."""
+    return float(np.abs(tallies[1] - tallies[2]).sum() / max(tallies[0].sum(), 1e-12))
+
+
+def calibration_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
+    """Expected calibration error of pixel probabilities (Naeini et al., 2015) over
+    :data:`CALIBRATION_BINS` equal-width bins: 0 when the probabilities are the frequencies
+    they predict.
+
+    Args:
+        probabilities: float in ``[0, 1]``, any shape.
+        truth: bool, the same shape.
+    """
+    return error_of_bins(calibration_bins(probabilities, truth))
+
+
+# ---------------------------------------------------------------- fitting
+
+
+@dataclass
+class HeldOutImage:
+    """What fitting needs of one held-out image: the raw logits of the four flipped variants at
+    the model's size ``(4, S, S)``, the expert's mask at the model's size and at the image's."""
+
+    logits: np.ndarray
+    truth_small: np.ndarray
+    truth: np.ndarray
+
+
+@dataclass
+class CalibrationReport:
+    """How the fitted calibration did on the images it was fitted on (quality: by
+    cross-validation, each image estimated by a model fitted without it)."""
+
+    images: int
+    temperature: float
+    calibration_error_before: float
+    calibration_error_after: float
+    failures: int
+    flagged: int
+    caught: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"temperature {self.temperature:.3f}: expected calibration error "
+            f"{self.calibration_error_before:.4f} -> {self.calibration_error_after:.4f} on "
+            f"{self.images} held-out images (model size)",
+            f"review threshold flags {self.flagged} of {self.images} images and "
+            f"{self.caught} of their {self.failures} failures (Jaccard < {JACCARD_FAILURE}; "
+            "cross-validated)",
+        ]
+
+
+def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
+                    fitted_on: str) -> tuple[Calibration, CalibrationReport]:
+    """Fit a model's :class:`Calibration`.
+
+    Args:
+        predictor: the model (its own calibration is ignored: everything is refitted).
+        held_out: images with experts' masks the model was not trained on.
+        training: images the model was trained on (only the images are read), for the
+            dermoscopy check.
+        fitted_on: a description of ``held_out`` and ``training`` stored with the result.
+
+    Raises:
+        ValueError: no held-out or no training images.
+        MissingFileError, CorruptFileError: an image or mask cannot be read.
+    """
+    if not held_out or not training:
+        raise ValueError("calibration needs held-out and training images")
+    images = [held_out_image(predictor, pair) for pair in held_out]
+    identity = np.stack([image.logits[0] for image in images])
+    truth_small = np.stack([image.truth_small for image in images])
+    temperature = fit_temperature(identity, truth_small)
+    signals, dice, jaccard = [], [], []
+    for image in images:
+        probabilities = torch.sigmoid(torch.from_numpy(image.logits / temperature)).numpy()
+        signals.append(flip_features(probabilities, predictor.threshold))
+        mask = predictor.full_size_mask(torch.from_numpy(image.logits[0] / temperature),
+                                        image.truth.shape)
+        scores = overlap_scores(mask, image.truth)
+        dice.append(scores["dice"])
+        jaccard.append(scores["jaccard"])
+    quality = fit_quality_model(signals, dice)
+    estimates = cross_validated_estimates(signals, dice)
+    failures = np.asarray(jaccard) < JACCARD_FAILURE
+    review_below = (review_threshold(estimates, failures) if quality.images
+                    else UNFITTED_REVIEW_BELOW)
+    calibration = Calibration(temperature, quality, review_below,
+                              fit_dermoscopy_check(training_statistics(training)), fitted_on)
+    flagged = estimates < review_below
+    report = CalibrationReport(
+        len(images), temperature,
+        calibration_error(torch.sigmoid(torch.from_numpy(identity)).numpy(), truth_small),
+        calibration_error(torch.sigmoid(torch.from_numpy(identity / temperature)).numpy(),
+                          truth_small),
+        int(failures.sum()), int(flagged.sum()), int((flagged & failures).sum()))
+    return calibration, report
+
+
+def calibrate_file(path: str | Path, held_out: Sequence[Pair], training: Sequence[Pair],
+                   fitted_on: str, device: str = "auto",
+                   precision: str = "auto") -> CalibrationReport:
+    """Fit the calibration of the model in ``path`` (:func:`fit_calibration`) and store it in
+    that file (:func:`models.checkpoint.write_calibration`).
+
+    Raises:
+        CheckpointError: the model file cannot be read.
+        ValueError, MissingFileError, CorruptFileError: as :func:`fit_calibration`.
+    """
+    from models.checkpoint import write_calibration
+    from models.predictor import Predictor
+
+    predictor = Predictor(path, device=device, precision=precision)
+    calibration, report = fit_calibration(predictor, held_out, training, fitted_on)
+    write_calibration(path, calibration.to_dict())
+    return report
+
+
+def held_out_image(predictor: Predictor, pair: Pair) -> HeldOutImage:
+    """The raw flip logits of ``pair.image`` and its expert's mask at both sizes."""
+    logits = predictor.flip_logits(predictor.read(pair.image).tensor[None])[0].numpy()
+    truth = read_scored_mask(pair.mask)
+    size = predictor.img_size
+    small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return HeldOutImage(logits, small > 0.5, truth)
+
+
+def cross_validated_estimates(signals: Sequence[Mapping[str, float]],
+                              dice: Sequence[float]) -> np.ndarray:
+    """Each image's quality estimate from a model fitted on the other folds (seeded
+    :data:`FOLDS`-fold split)."""
+    order = np.random.default_rng(0).permutation(len(signals))
+    estimates = np.zeros(len(signals))
+    for fold in np.array_split(order, FOLDS):
+        rest = np.setdiff1d(order, fold)
+        model = fit_quality_model([signals[i] for i in rest], [dice[i] for i in rest])
+        for i in fold:
+            estimates[i] = model.estimate(signals[i], empty=signals[i]["area"] == 0)
+    return estimates
+
+
+def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
+    """The quality threshold that best separates failures from the rest on held-out images:
+    the largest share of failures caught minus the share of all images flagged, flagging at
+    most :data:`MAX_FLAGGED` of the images."""
+    best, best_gain = 0.0, -math.inf
+    for threshold in np.unique(estimates):
+        flagged = estimates < threshold
+        if flagged.mean() > MAX_FLAGGED:
+            break
+        caught = (flagged & failures).sum() / max(failures.sum(), 1)
+        if caught - flagged.mean() > best_gain:
+            best, best_gain = float(threshold), caught - flagged.mean()
+    return round(best, 3)
+
+
+def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
+    """:func:`models.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES` training
+    images (a seeded sample)."""
+    pick = np.random.default_rng(0).permutation(len(training))[:MAX_CHECK_IMAGES]
+    return [image_statistics(read_image_reduced(training[i].image, SIDE)[0])
+            for i in sorted(pick)]
+
+
+def describe_pairs(pairs: Sequence[Pair]) -> str:
+    """``N images of FOLDER``, for :attr:`Calibration.fitted_on`."""
+    folders = sorted({Path(pair.image).parent.name for pair in pairs})
+    return f"{len(pairs)} images of {', '.join(folders)}"
