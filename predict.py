@@ -146,8 +146,9 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
                      review_below=args.review_below, mm_per_pixel=args.mm_per_pixel)
 
 
-def collect_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Image files named by files, folders and glob patterns, in order, without duplicates.
+def collect_inputs(patterns: Sequence[str], flag: str = "--input") -> list[Path]:
+    """Image files named by files, folders and glob patterns, in order, without duplicates
+    (``flag``: the option that named them, for the errors).
 
     Raises:
         MissingFileError: a pattern matches nothing, or a folder holds no image.
@@ -157,7 +158,7 @@ def collect_inputs(patterns: Sequence[str]) -> list[Path]:
     for pattern in patterns:
         matches = _expand(pattern)
         if not matches:
-            raise MissingFileError(f"--input {pattern} matches no image file "
+            raise MissingFileError(f"{flag} {pattern} matches no image file "
                                     f"({', '.join(IMAGE_EXTENSIONS)})")
         paths.update(dict.fromkeys(path.resolve() for path in matches))
     _check_unique_stems(list(paths))

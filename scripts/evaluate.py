@@ -131,7 +131,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     evaluation = evaluate_model(predictor, scored.pairs, settings, args.worst)
     if args.non_dermoscopy:
         evaluation.non_dermoscopy = check_non_dermoscopy(
-            predictor, collect_inputs([args.non_dermoscopy]))
+            predictor, collect_inputs([args.non_dermoscopy], "--non-dermoscopy"))
     checkpoint = predictor.checkpoint_path
     return evaluation, f"{checkpoint.parent.name}-{checkpoint.stem}_{scored.label}"
 
