@@ -45,3 +45,5 @@ def test_notebook_runs_and_draws_figures(tiny_checkpoint_dir: Path, synthetic_ro
     assert outputs_of(notebook, "image/png"), "the notebook drew no figure"
     table = "\n".join(outputs_of(notebook, "text/markdown"))
     assert table.count("| ISIC_") == 3 and "Dice" in table and "mean of 3" in table
+    for column in ("quality", "review", "largest diameter", "asymmetry", "colours"):
+        assert f" {column} " in table, column
