@@ -33,6 +33,7 @@ from data.dataset import end_workers
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from models import count_parameters
+from models.calibration import calibrate_file
 from training.distributed import (
     Agreement,
     StopRequest,
@@ -151,6 +152,11 @@ def train(args: argparse.Namespace) -> Outcome:
             run.record.plot()
             if run.wandb is not None:
                 run.wandb.finish()
+            if outcome.status == 0:  # a finished run: calibrate the model on held-out images
+                print("\n".join(calibrate_file(
+                    run.checkpoint_dir / "best.pt", val_pairs, train_pairs,
+                    f"{len(val_pairs)} validation and {len(train_pairs)} training images of "
+                    f"{root}", str(hardware.device), args.precision).lines()), flush=True)
         return outcome
 
 

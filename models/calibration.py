@@ -27,7 +27,7 @@ from data.imageio import read_image_reduced
 from data.layouts import Pair
 from evaluation.scores import overlap_scores, read_scored_mask
 from models.image_check import SIDE, DermoscopyCheck, fit_dermoscopy_check, image_statistics
-from models.quality import QualityModel, fit_quality_model, flip_features
+from models.quality import MIN_FIT_IMAGES, QualityModel, fit_quality_model, flip_features
 
 if TYPE_CHECKING:
     from models.predictor import Predictor
@@ -166,19 +166,24 @@ class CalibrationReport:
     temperature: float
     calibration_error_before: float
     calibration_error_after: float
+    review_below: float
+    quality_fitted: bool
     failures: int
     flagged: int
     caught: int
 
     def lines(self) -> list[str]:
-        return [
-            f"temperature {self.temperature:.3f}: expected calibration error "
-            f"{self.calibration_error_before:.4f} -> {self.calibration_error_after:.4f} on "
-            f"{self.images} held-out images (model size)",
-            f"review threshold flags {self.flagged} of {self.images} images and "
-            f"{self.caught} of their {self.failures} failures (Jaccard < {JACCARD_FAILURE}; "
-            "cross-validated)",
-        ]
+        calibrated = (f"calibration: temperature {self.temperature:.3f}, expected calibration "
+                      f"error {self.calibration_error_before:.4f} -> "
+                      f"{self.calibration_error_after:.4f} on {self.images} held-out images "
+                      "(model size)")
+        if not self.quality_fitted:
+            return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
+                    f"{MIN_FIT_IMAGES} needed): the model's own expected Dice, review below "
+                    f"{self.review_below}"]
+        return [calibrated, f"quality estimate fitted; review below {self.review_below} flags "
+                f"{self.flagged} of {self.images} images and {self.caught} of their "
+                f"{self.failures} failures (Jaccard < {JACCARD_FAILURE}; cross-validated)"]
 
 
 def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
@@ -224,7 +229,8 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         calibration_error(torch.sigmoid(torch.from_numpy(identity)).numpy(), truth_small),
         calibration_error(torch.sigmoid(torch.from_numpy(identity / temperature)).numpy(),
                           truth_small),
-        int(failures.sum()), int(flagged.sum()), int((flagged & failures).sum()))
+        review_below, bool(quality.images), int(failures.sum()), int(flagged.sum()),
+        int((flagged & failures).sum()))
     return calibration, report
 
 

@@ -111,8 +111,9 @@ class QualityModel:
         return 1 / (1 + math.exp(-total))
 
     def to_dict(self) -> dict[str, object]:
-        """Plain types for a model file's metadata (infinite bounds as ``None``)."""
-        values = asdict(self)
+        """Plain types for a model file's metadata: lists, infinite bounds as ``None``."""
+        values = {key: list(value) if isinstance(value, tuple) else value
+                  for key, value in asdict(self).items()}
         for key in ("low", "high"):
             values[key] = [None if math.isinf(bound) else bound for bound in values[key]]
         return values

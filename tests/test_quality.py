@@ -18,6 +18,7 @@ import predict
 from data.layouts import find_pairs
 from evaluation.failure_detection import aurc, auroc, quality_summary, risk_coverage
 from models.calibration import (
+    UNFITTED_REVIEW_BELOW,
     Calibration,
     calibration_error,
     fit_temperature,
@@ -284,8 +285,8 @@ def test_calibrate_writes_the_calibration_and_keeps_the_weights(
         calibrated: Path, tiny_checkpoint_dir: Path, capsys: pytest.CaptureFixture) -> None:
     original, copy = (load_model_file(path) for path in (tiny_checkpoint_dir / "best.pt",
                                                          calibrated))
-    assert original.calibration is None
     assert all(torch.equal(original.weights[k], copy.weights[k]) for k in original.weights)
+    assert copy.calibration != original.calibration
     calibration = Calibration.from_dict(copy.calibration)
     assert calibration.temperature > 0 and calibration.temperature != 1.0
     assert calibration.dermoscopy is not None and calibration.dermoscopy.images == 24
@@ -294,16 +295,26 @@ def test_calibrate_writes_the_calibration_and_keeps_the_weights(
     assert predictor.calibration == calibration
 
 
+def test_train_calibrates_best_pt_when_it_finishes(tiny_checkpoint_dir: Path) -> None:
+    calibration = Calibration.from_dict(
+        load_model_file(tiny_checkpoint_dir / "best.pt").calibration)
+    # The tiny run holds out 2 of the 24 synthetic pairs: too few for the quality model.
+    assert calibration.fitted_on.startswith("2 validation and 22 training images of ")
+    assert calibration.quality.images == 0 and calibration.dermoscopy.images == 22
+    assert calibration.review_below == UNFITTED_REVIEW_BELOW
+
+
 def test_the_temperature_changes_probabilities_not_masks(calibrated: Path,
                                                          tiny_checkpoint_dir: Path,
                                                          synthetic_root: Path) -> None:
     image = find_pairs(synthetic_root, "val")[0].image
     plain, tempered = (Predictor(path, device="cpu", precision="fp32").predict_file(image)
                        for path in (tiny_checkpoint_dir / "best.pt", calibrated))
-    temperature = Predictor(calibrated, device="cpu").calibration.temperature
+    temperatures = [Predictor(path, device="cpu").calibration.temperature
+                    for path in (tiny_checkpoint_dir / "best.pt", calibrated)]
     np.testing.assert_array_equal(plain.mask, tempered.mask)
-    np.testing.assert_allclose(tempered.logits * temperature, plain.logits, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(tempered.logits * temperatures[1], plain.logits * temperatures[0],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_predictions_carry_quality_flags_and_measurements(calibrated: Path,
@@ -353,10 +364,12 @@ def test_calibrating_an_onnx_export_in_place(calibrated: Path, tiny_checkpoint_d
     onnx_path = tmp_path / "plain.onnx"
     assert export.main(["--checkpoint", str(tiny_checkpoint_dir / "best.pt"), "--output",
                         str(onnx_path), "--format", "onnx", "--no-check"]) == 0
-    assert Predictor(onnx_path, device="cpu").calibration == Calibration()
+    before = Predictor(onnx_path, device="cpu").calibration
     assert calibrate.main(["--checkpoint", str(onnx_path), "--data", str(synthetic_root),
                            "--training-data", str(synthetic_root), "--device", "cpu"]) == 0
-    assert Predictor(onnx_path, device="cpu").calibration.dermoscopy is not None
+    after = Predictor(onnx_path, device="cpu").calibration
+    assert "8 images of the val split" in after.fitted_on not in before.fitted_on
+    assert after.dermoscopy.images == 24 != before.dermoscopy.images
 
 
 def test_predict_and_evaluate_report_the_quality(calibrated: Path, synthetic_root: Path,
