@@ -55,7 +55,7 @@ def prediction_row(image_name: str, prediction: Prediction) -> dict[str, Any]:
             **prediction.review_columns(), **prediction.measurements.as_row()}
 
 
-def failed_row(image_name: str, error: BaseException) -> dict[str, Any]:
+def failed_row(image_name: str, error: BaseException | str) -> dict[str, Any]:
     """The row of an image that could not be read or written: flagged, with the error."""
     return {"image": image_name, "review": "yes", "reason": f"unreadable: {error}"}
 

@@ -16,6 +16,7 @@ needs on each side, and takes the original size from the file's header.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import cv2
@@ -92,10 +93,15 @@ def image_header(data: bytes) -> tuple[int, tuple[int, int] | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            value = image.getexif().get(EXIF_ORIENTATION, 1)
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        with warnings.catch_warnings():
+            # Only the header is read: Pillow's guard against decoding huge images does not
+            # apply (OpenCV decodes, within its own limit).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                value = image.getexif().get(EXIF_ORIENTATION, 1)
+                width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError):
         return 1, None
     return (value if value in ORIENT else 1), (height, width)
 

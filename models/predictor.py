@@ -174,23 +174,27 @@ def draw_prediction(image: np.ndarray, prediction: Prediction,
     and a line of text with the quality estimate, the review reason and the diameter.
 
     Args:
-        image: uint8 ``(H, W, 3)`` of the prediction's size, in the channel order of
-            ``colour``.
+        image: uint8 ``(h, w, 3)``, the photo at the prediction's size or scaled down (for a
+            page), in the channel order of ``colour``.
         prediction: its :class:`Prediction`.
         colour: three values in ``[0, 255]``.
     """
-    draw_contour(image, prediction.mask, colour)
-    thickness = max(1, round(max(image.shape[:2]) / 500))
-    found = prediction.measurements
-    if found.diameter_ends is not None:
-        start, end = (tuple(round(value) for value in point) for point in found.diameter_ends)
+    height, width = image.shape[:2]
+    mask = prediction.mask
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask.view(np.uint8), (width, height), interpolation=cv2.INTER_AREA) > 0
+    draw_contour(image, mask, colour)
+    thickness = max(1, round(max(height, width) / 500))
+    ends = prediction.measurements.diameter_ends
+    if ends is not None:
+        scale = width / prediction.mask.shape[1]
+        start, end = (tuple(round(value * scale) for value in point) for point in ends)
         cv2.line(image, start, end, colour, thickness, cv2.LINE_AA)
-    label = describe_prediction(prediction)
-    scale = max(image.shape[:2]) / 1400
-    origin = (round(12 * scale) + 2, round(34 * scale) + 8)
-    for ink, width in (((0, 0, 0), 3 * thickness), ((255, 255, 255), thickness)):
-        cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, width,
-                    cv2.LINE_AA)
+    size = max(height, width) / 1400
+    origin = (round(12 * size) + 2, round(34 * size) + 8)
+    for ink, stroke in (((0, 0, 0), 3 * thickness), ((255, 255, 255), thickness)):
+        cv2.putText(image, describe_prediction(prediction), origin, cv2.FONT_HERSHEY_SIMPLEX,
+                    size, ink, stroke, cv2.LINE_AA)
     return image
 
 
