@@ -534,3 +534,35 @@ def test_the_diameters_ends_lie_on_the_lesion_at_its_largest_diameter() -> None:
     assert np.hypot(x2 - x1, y2 - y1) + 1 == pytest.approx(found.max_diameter_px)
     assert {x1, x2} == {20.0, 179.0}  # opposite corners of the rectangle
     assert measure(np.zeros((5, 5), bool)).diameter_ends is None
+
+
+def test_predictions_csv_measures_the_mask_that_was_written(synthetic_root, tmp_path) -> None:
+    """predict.py's measurement columns, recomputed independently from its PNG masks: the area
+    by counting pixels, the largest diameter from scipy's convex hull of the pixel centres."""
+    import csv
+
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    import predict
+
+    images = synthetic_root / "ISIC2018_Task1-2_Validation_Input"
+    assert predict.main(["--input", str(images), "--output", str(tmp_path), "--device", "cpu",
+                         "--no-quality"]) == 0  # the bundled model: lesion-like masks
+    with (tmp_path / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    area_errors, diameter_errors = [], []
+    for row in rows:
+        mask = cv2.imread(str(tmp_path / f"{Path(row['image']).stem}_segmentation.png"),
+                          cv2.IMREAD_GRAYSCALE) > 128
+        if not mask.any():
+            assert row["area_px"] == "0"
+            continue
+        points = np.argwhere(mask)[:, ::-1].astype(float)
+        hull = points[ConvexHull(points).vertices]
+        diameter = pdist(hull).max() + 1  # the pixel convention: one pixel wide is 1
+        area_errors.append(abs(float(row["area_px"]) - mask.sum()) / mask.sum())
+        diameter_errors.append(abs(float(row["max_diameter_px"]) - diameter) / diameter)
+    assert len(area_errors) >= 6
+    assert np.median(area_errors) == 0.0
+    assert np.median(diameter_errors) <= 0.01 and max(diameter_errors) <= 0.02
