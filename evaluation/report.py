@@ -186,7 +186,7 @@ def quality_lines(summary: dict[str, Any]) -> list[str]:
             f"Dice, AURC {_number(quality['aurc'], 4)} (best possible "
             f"{_number(quality['aurc_optimal'], 4)})",
             f"review flags: {quality['flagged']} of {quality['images']} masks (quality below "
-            f"{quality['review_below']} or another reason: {quality['reasons'] or 'none'}), "
+            f"{quality['review_below']:.3f} or another reason: {quality['reasons'] or 'none'}), "
             f"{quality['failures_flagged']} of the {quality['failures']} failures; mean "
             f"thresholded Jaccard {_number(quality['threshold_jaccard_all'], 4)} of all, "
             f"{_number(quality['threshold_jaccard_unflagged'], 4)} of the unflagged"]

@@ -28,6 +28,7 @@ from data.layouts import Pair
 from evaluation.scores import overlap_scores, read_scored_mask
 from models.image_check import SIDE, DermoscopyCheck, fit_dermoscopy_check, image_statistics
 from models.quality import MIN_FIT_IMAGES, QualityModel, fit_quality_model, flip_features
+from models.review import review_reasons
 
 if TYPE_CHECKING:
     from models.predictor import Predictor
@@ -150,11 +151,13 @@ def calibration_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
 @dataclass
 class HeldOutImage:
     """What fitting needs of one held-out image: the raw logits of the four flipped variants at
-    the model's size ``(4, S, S)``, the expert's mask at the model's size and at the image's."""
+    the model's size ``(4, S, S)``, the expert's mask at the model's size and at the image's,
+    and the image's statistics for the dermoscopy check."""
 
     logits: np.ndarray
     truth_small: np.ndarray
     truth: np.ndarray
+    statistics: dict[str, float]
 
 
 @dataclass
@@ -171,6 +174,7 @@ class CalibrationReport:
     failures: int
     flagged: int
     caught: int
+    other_reasons: int
 
     def lines(self) -> list[str]:
         calibrated = (f"calibration: temperature {self.temperature:.3f}, expected calibration "
@@ -180,10 +184,12 @@ class CalibrationReport:
         if not self.quality_fitted:
             return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
                     f"{MIN_FIT_IMAGES} needed): the model's own expected Dice, review below "
-                    f"{self.review_below}"]
-        return [calibrated, f"quality estimate fitted; review below {self.review_below} flags "
-                f"{self.flagged} of {self.images} images and {self.caught} of their "
-                f"{self.failures} failures (Jaccard < {JACCARD_FAILURE}; cross-validated)"]
+                    f"{self.review_below:.3f}"]
+        return [calibrated, f"quality estimate fitted; review below {self.review_below:.3f} "
+                f"flags {self.flagged} of {self.images} images and {self.caught} of their "
+                f"{self.failures} failures (Jaccard < {JACCARD_FAILURE}; cross-validated); "
+                f"{self.other_reasons} images flagged for another reason (not dermoscopy, no "
+                "lesion found, lesion larger than the frame)"]
 
 
 def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
@@ -207,7 +213,8 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     identity = np.stack([image.logits[0] for image in images])
     truth_small = np.stack([image.truth_small for image in images])
     temperature = fit_temperature(identity, truth_small)
-    signals, dice, jaccard = [], [], []
+    dermoscopy = fit_dermoscopy_check(training_statistics(training))
+    signals, dice, jaccard, other_reasons = [], [], [], []
     for image in images:
         probabilities = torch.sigmoid(torch.from_numpy(image.logits / temperature)).numpy()
         signals.append(flip_features(probabilities, predictor.threshold))
@@ -216,13 +223,14 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         scores = overlap_scores(mask, image.truth)
         dice.append(scores["dice"])
         jaccard.append(scores["jaccard"])
+        other_reasons.append(bool(review_reasons(
+            mask, None, 0.0, not dermoscopy.failures(image.statistics))))
     quality = fit_quality_model(signals, dice)
     estimates = cross_validated_estimates(signals, dice)
     failures = np.asarray(jaccard) < JACCARD_FAILURE
     review_below = (review_threshold(estimates, failures) if quality.images
                     else UNFITTED_REVIEW_BELOW)
-    calibration = Calibration(temperature, quality, review_below,
-                              fit_dermoscopy_check(training_statistics(training)), fitted_on)
+    calibration = Calibration(temperature, quality, review_below, dermoscopy, fitted_on)
     flagged = estimates < review_below
     report = CalibrationReport(
         len(images), temperature,
@@ -230,7 +238,7 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         calibration_error(torch.sigmoid(torch.from_numpy(identity / temperature)).numpy(),
                           truth_small),
         review_below, bool(quality.images), int(failures.sum()), int(flagged.sum()),
-        int((flagged & failures).sum()))
+        int((flagged & failures).sum()), int(np.sum(other_reasons)))
     return calibration, report
 
 
@@ -255,11 +263,12 @@ def calibrate_file(path: str | Path, held_out: Sequence[Pair], training: Sequenc
 
 def held_out_image(predictor: Predictor, pair: Pair) -> HeldOutImage:
     """The raw flip logits of ``pair.image`` and its expert's mask at both sizes."""
-    logits = predictor.flip_logits(predictor.read(pair.image).tensor[None])[0].numpy()
+    loaded = predictor.read(pair.image)
+    logits = predictor.flip_logits(loaded.tensor[None])[0].numpy()
     truth = read_scored_mask(pair.mask)
     size = predictor.img_size
     small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return HeldOutImage(logits, small > 0.5, truth)
+    return HeldOutImage(logits, small > 0.5, truth, loaded.statistics)
 
 
 def cross_validated_estimates(signals: Sequence[Mapping[str, float]],
@@ -279,7 +288,7 @@ def cross_validated_estimates(signals: Sequence[Mapping[str, float]],
 def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
     """The quality threshold that best separates failures from the rest on held-out images:
     the largest share of failures caught minus the share of all images flagged, flagging at
-    most :data:`MAX_FLAGGED` of the images."""
+    most :data:`MAX_FLAGGED` of the images for low quality."""
     best, best_gain = 0.0, -math.inf
     for threshold in np.unique(estimates):
         flagged = estimates < threshold
@@ -288,7 +297,7 @@ def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
         caught = (flagged & failures).sum() / max(failures.sum(), 1)
         if caught - flagged.mean() > best_gain:
             best, best_gain = float(threshold), caught - flagged.mean()
-    return round(best, 3)
+    return best
 
 
 def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
