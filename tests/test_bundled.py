@@ -34,7 +34,8 @@ def test_the_bundled_model_is_small_safetensors_with_its_settings_and_card() -> 
     assert calibration.quality.images == 180 and calibration.dermoscopy.images == 1000
     assert 1 < calibration.temperature < 3 and 0.5 < calibration.review_below < 1
     card = MODEL_CARD.read_text()
-    for words in ("not a diagnostic device", "CC BY-NC", "python train.py", "Dice"):
+    for words in ("not a diagnostic device", "CC BY-NC", "python train.py", "Dice",
+                  "## Quality estimate", "## Measurements", "scripts/calibrate.py"):
         assert words in card, words
 
 
