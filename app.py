@@ -36,6 +36,7 @@ from data.layouts import IMAGE_EXTENSIONS
 from predict import (
     OUTPUT_SUFFIXES,
     PREDICTIONS_CSV,
+    add_checkpoint_option,
     failed_row,
     mask_png_options,
     prediction_row,
@@ -115,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on; 0.0.0.0 lets other computers of the network "
                    "open the page (default: %(default)s, this computer only)")
-    p.add_argument("--checkpoint", default=None,
-                   help="best.pt of train.py, or an exported .safetensors or .onnx (default: "
-                   "models/checkpoints/best.pt if you trained one, else the bundled ISIC model)")
+    add_checkpoint_option(p)
     p.add_argument("--share", action="store_true",
                    help="also make a public link through Gradio's share servers (the only "
                    "thing that contacts the internet; off by default)")

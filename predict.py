@@ -92,15 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=DEFAULT_OUTPUT,
                    help="folder for <stem>_segmentation.png and the optional outputs "
                    "(default: %(default)s)")
-    p.add_argument("--checkpoint", default=None,
-                   help="best.pt of train.py, or an exported .safetensors or .onnx (default: "
-                   "models/checkpoints/best.pt if you trained one, else the bundled ISIC model)")
+    add_checkpoint_option(p)
     p.add_argument("--overlay", action="store_true",
                    help="also write <stem>_overlay.jpg, the image with the lesion outlined")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probability.png, the probabilities scaled to 0-255")
     add_prediction_options(p)
     return p
+
+
+def add_checkpoint_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--checkpoint``, the model file, as predict.py and app.py take it."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="best.pt of train.py, or an exported .safetensors or .onnx "
+                        "(default: models/checkpoints/best.pt if you trained one on real "
+                        "images, else the bundled ISIC model)")
 
 
 def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
