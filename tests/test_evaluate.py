@@ -1,4 +1,4 @@
-"""Tests of evaluation.py (ISIC scoring) and scripts/evaluate.py (the evaluation report)."""
+"""Tests of the evaluation package (ISIC scoring, what to score, the report) and scripts/evaluate.py."""
 
 from __future__ import annotations
 
