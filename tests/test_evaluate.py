@@ -1,4 +1,4 @@
-"""Tests of the evaluation package (ISIC scoring, what to score, the report) and scripts/evaluate.py."""
+"""Tests of the evaluation package (ISIC scoring, the report) and scripts/evaluate.py."""
 
 from __future__ import annotations
 
