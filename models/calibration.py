@@ -150,9 +150,10 @@ def calibration_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
 
 @dataclass
 class HeldOutImage:
-    """What fitting needs of one held-out image: the raw logits of the four flipped variants at
-    the model's size ``(4, S, S)``, the expert's mask at the model's size and at the image's,
-    and the image's statistics for the dermoscopy check."""
+    """What fitting needs of one held-out image: the raw logits of the variants the quality
+    estimate reads (``models.predictor.QUALITY_FLIPS``, the first the image itself) at the
+    model's size ``(2, S, S)``, the expert's mask at the model's size and at the image's, and
+    the image's statistics for the dermoscopy check."""
 
     logits: np.ndarray
     truth_small: np.ndarray
@@ -262,9 +263,12 @@ def calibrate_file(path: str | Path, held_out: Sequence[Pair], training: Sequenc
 
 
 def held_out_image(predictor: Predictor, pair: Pair) -> HeldOutImage:
-    """The raw flip logits of ``pair.image`` and its expert's mask at both sizes."""
+    """The raw logits of ``pair.image`` and its mirror image, and its expert's mask at both
+    sizes."""
+    from models.predictor import QUALITY_FLIPS
+
     loaded = predictor.read(pair.image)
-    logits = predictor.flip_logits(loaded.tensor[None])[0].numpy()
+    logits = predictor.flip_logits(loaded.tensor[None], QUALITY_FLIPS)[0].numpy()
     truth = read_scored_mask(pair.mask)
     size = predictor.img_size
     small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)

@@ -5,7 +5,7 @@ Images go through exactly the validation transform of training (area resize to t
 square size, the model's normalisation); the logits, divided by the model's temperature
 (:mod:`models.calibration`), are resized back to the image's size with ``INTER_LINEAR`` and
 thresholded there. Each mask comes with an estimate of its quality (:mod:`models.quality`, from
-the four flipped variants of the image) and a review flag with its reasons
+the image and its mirror image) and a review flag with its reasons
 (:mod:`models.review`). Files are read at reduced scale when they are large (see
 :func:`data.imageio.read_image_reduced`), and :meth:`Predictor.predict_files` decodes the next
 images and finishes (resizes, writes) the previous ones in threads while the model runs.
@@ -44,6 +44,9 @@ from models.review import review_reasons
 # Probabilities are clamped this far from 0 and 1 before the logit, which would be infinite.
 TTA_EPS = 1e-6
 FLIPS = ((), (-1,), (-2,), (-2, -1))
+# The variants the quality estimate reads: the image and its mirror image (docs/experiments.md,
+# "Quality estimate": as informative as all four flips, at one extra pass instead of three).
+QUALITY_FLIPS = FLIPS[:2]
 OUTLINE_BGR = (0, 255, 0)
 # Longest side of the copy of an image a prediction keeps for its lesion's colours.
 COLOUR_IMAGE_SIDE = 1024
@@ -259,8 +262,8 @@ class Predictor:
         workers: threads of :meth:`predict_files`.
         full_decode: decode image files in full, never at the JPEG decoder's reduced scale
             (slower; the masks differ only along the border, see the README).
-        quality: estimate each mask's quality, from the four flipped variants of the image
-            (the model runs on four images instead of one, unless ``tta`` runs them anyway).
+        quality: estimate each mask's quality, from the image and its mirror image (the model
+            runs on two images instead of one, unless ``tta`` runs its four flips anyway).
         review_below: a quality below this flags the mask for review; default the model
             file's (fitted on held-out images, :mod:`models.calibration`).
         mm_per_pixel: the pixel size in millimetres for the measurements; default the one an
@@ -357,31 +360,35 @@ class Predictor:
         pixel_size = None if self.mm_per_pixel else pixel_size_from_file(path)
         return self.load(image, size, pixel_size)
 
-    def flip_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, 4, S, S)`` of the image and its
-        horizontal, vertical and double flips (:data:`FLIPS`), flipped back onto the image; the
-        model runs once on the ``4 N`` images. Before the model's temperature."""
-        logits = self.runner(torch.cat([_flip(batch, dims) for dims in FLIPS]))[:, 0]
+    def flip_logits(self, batch: torch.Tensor,
+                    flips: Sequence[tuple[int, ...]] = FLIPS) -> torch.Tensor:
+        """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, K, S, S)`` of the image and its
+        flipped variants (``flips``: dims to flip, :data:`FLIPS` by default: none, horizontal,
+        vertical, both), flipped back onto the image; the model runs once on the ``K N``
+        images. Before the model's temperature."""
+        logits = self.runner(torch.cat([_flip(batch, dims) for dims in flips]))[:, 0]
         variants = logits.float().cpu().split(len(batch))
-        return torch.stack([_flip(variant, dims) for variant, dims in zip(variants, FLIPS)],
+        return torch.stack([_flip(variant, dims) for variant, dims in zip(variants, flips)],
                            dim=1)
 
     def model_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised ``(N, 3, S, S)`` -> the logits of the masks ``(N, 1, S, S)`` after the
-        temperature, and, when ``quality`` or ``tta`` asks for the flips, their probabilities
-        ``(N, 4, S, S)`` (else ``None``).
+        temperature, and, when ``quality`` is on, the probabilities of the variants the quality
+        estimate reads, :data:`QUALITY_FLIPS` ``(N, 2, S, S)`` (else ``None``).
 
-        With ``tta`` the logits are those of the mean probability over the flips, clamped to
-        ``logit(1e-6) .. logit(1 - 1e-6)``.
+        With ``tta`` the logits are those of the mean probability over the four flips, clamped
+        to ``logit(1e-6) .. logit(1 - 1e-6)``.
         """
         temperature = self.calibration.temperature
         if not (self.quality or self.tta):
             return self.runner(batch).float().cpu() / temperature, None
-        logits = self.flip_logits(batch) / temperature
+        logits = self.flip_logits(batch, FLIPS if self.tta else QUALITY_FLIPS) / temperature
         probabilities = torch.sigmoid(logits)
+        quality_probabilities = probabilities[:, :len(QUALITY_FLIPS)] if self.quality else None
         if self.tta:
-            return torch.logit(probabilities.mean(1, keepdim=True), eps=TTA_EPS), probabilities
-        return logits[:, :1], probabilities
+            return (torch.logit(probabilities.mean(1, keepdim=True), eps=TTA_EPS),
+                    quality_probabilities)
+        return logits[:, :1], quality_probabilities
 
     def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalised ``(N, 3, S, S)`` -> float32 logits ``(N, 1, S, S)`` of the masks (see
@@ -429,7 +436,8 @@ class Predictor:
                 flips: torch.Tensor | None = None) -> Prediction:
         """The :class:`Prediction` at ``loaded.size`` of model-size logits ``(1, S, S)`` (after
         the temperature; resized as logits, then thresholded and post-processed), with the
-        quality estimated from the flips' probabilities ``(4, S, S)`` and the review flag."""
+        quality estimated from the probabilities of :data:`QUALITY_FLIPS` ``(2, S, S)`` and the
+        review flag."""
         full, mask = self._resized(logits, loaded.size)
         quality = None
         if self.quality and flips is not None:

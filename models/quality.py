@@ -1,15 +1,15 @@
 """How good is a mask? An estimate of the Dice a predicted mask would score against an expert's,
 from what the model itself gives.
 
-The model predicts each image four times, flipped horizontally, vertically and both (the
-variants of ``--tta``), and the signals are read off the four probability maps ``p_k`` at the
-model's input size, after the model's temperature (:mod:`models.calibration`):
+The model predicts each image twice, as it is and mirrored (the first two variants of
+``--tta``), and the signals are read off the two probability maps ``p_k`` at the model's input
+size, after the model's temperature (:mod:`models.calibration`):
 
 - ``self_dice``: the Dice the mean map ``p`` expects its own mask ``m = p > threshold`` to
   score, ``2 sum(p m) / (sum(p) + sum(m))``: low where much probability lies near the
   threshold, as along a vague border;
-- ``flip_std``: the standard deviation of the four maps per pixel, averaged over the pixels any
-  of the four calls lesion: the disagreement of the variants, the strongest simple signal of a
+- ``flip_std``: the standard deviation of the maps per pixel, averaged over the pixels either
+  calls lesion: the disagreement of the variants, the strongest simple signal of a
   segmentation failure (Zenk et al., Medical Image Analysis 2025);
 - ``area``: the share of the image the mask covers (small lesions fail more often).
 
@@ -17,9 +17,9 @@ Each is transformed to an unbounded scale (logit or log), standardised, clipped 
 seen when fitting (so that an image unlike all of them cannot push the estimate beyond what was
 fitted), and combined linearly; the estimate is the sigmoid of the result, fitted by least
 squares to the logit of the Dice on held-out images (:func:`fit_quality_model`). These three
-signals were chosen by cross-validation on held-out images among twelve candidates
-(docs/experiments.md, "Quality estimate"). An empty mask's estimate is 0: against a lesion,
-its Dice is 0.
+signals were chosen by cross-validation on held-out images among twelve candidates, and two
+variants found as informative as four (docs/experiments.md, "Quality estimate"). An empty
+mask's estimate is 0: against a lesion, its Dice is 0.
 """
 
 from __future__ import annotations
