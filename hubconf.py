@@ -53,7 +53,9 @@ def isic_predictor(**options: Any):
     the Predictor's (``tta=True``, ``device="cuda"``, ``threshold=0.4``, ...).
 
     ``predictor.predict(rgb_uint8_image)`` or ``predictor.predict_file("lesion.jpg")`` give a
-    :class:`models.predictor.Prediction` (``.mask``, ``.probabilities``) at the image's size.
+    :class:`models.predictor.Prediction` at the image's size: ``.mask``, ``.probabilities``
+    (calibrated), ``.quality`` (the estimated Dice), ``.review`` and ``.reason`` (the review
+    flag), ``.measurements`` (the lesion's size, diameters, asymmetry, border, colours).
     """
     from models.bundled import BUNDLED_MODEL
     from models.predictor import Predictor
