@@ -34,6 +34,7 @@ from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from models import count_parameters
 from models.calibration import calibrate_file
+from models.predictor import Predictor
 from training.distributed import (
     Agreement,
     StopRequest,
@@ -153,10 +154,11 @@ def train(args: argparse.Namespace) -> Outcome:
             if run.wandb is not None:
                 run.wandb.finish()
             if outcome.status == 0:  # a finished run: calibrate the model on held-out images
+                best = Predictor(run.checkpoint_dir / "best.pt", device=str(hardware.device),
+                                 precision=args.precision)
                 print("\n".join(calibrate_file(
-                    run.checkpoint_dir / "best.pt", val_pairs, train_pairs,
-                    f"{len(val_pairs)} validation and {len(train_pairs)} training images of "
-                    f"{root}", str(hardware.device), args.precision).lines()), flush=True)
+                    best, val_pairs, train_pairs, f"{len(val_pairs)} validation and "
+                    f"{len(train_pairs)} training images of {root}").lines()), flush=True)
         return outcome
 
 

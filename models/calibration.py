@@ -243,22 +243,19 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     return calibration, report
 
 
-def calibrate_file(path: str | Path, held_out: Sequence[Pair], training: Sequence[Pair],
-                   fitted_on: str, device: str = "auto",
-                   precision: str = "auto") -> CalibrationReport:
-    """Fit the calibration of the model in ``path`` (:func:`fit_calibration`) and store it in
-    that file (:func:`models.checkpoint.write_calibration`).
+def calibrate_file(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
+                   fitted_on: str) -> CalibrationReport:
+    """Fit the calibration of the predictor's model (:func:`fit_calibration`) and store it in
+    its file, ``predictor.checkpoint_path`` (:func:`models.checkpoint.write_calibration`).
 
     Raises:
-        CheckpointError: the model file cannot be read.
+        CheckpointError: the model file cannot be written back as a model of this project.
         ValueError, MissingFileError, CorruptFileError: as :func:`fit_calibration`.
     """
     from models.checkpoint import write_calibration
-    from models.predictor import Predictor
 
-    predictor = Predictor(path, device=device, precision=precision)
     calibration, report = fit_calibration(predictor, held_out, training, fitted_on)
-    write_calibration(path, calibration.to_dict())
+    write_calibration(predictor.checkpoint_path, calibration.to_dict())
     return report
 
 

@@ -56,11 +56,14 @@ def calibrate(args: argparse.Namespace) -> int:
     from data.layouts import find_pairs
     from evaluation.sources import layout_split, training_data_root, training_pairs
     from models.calibration import calibrate_file
-    from models.checkpoint import load_model_file
-    from models.onnx_model import is_onnx, read_metadata
+    from models.predictor import Predictor
 
     source = Path(args.checkpoint)
-    info = (read_metadata(source) if is_onnx(source) else load_model_file(source)).info
+    target = Path(args.output) if args.output else source
+    if target != source:
+        shutil.copyfile(source, target)
+    predictor = Predictor(target, device=args.device, precision=args.precision)
+    info = predictor.info
     if args.model_data and "args" in info:
         info = {**info, "args": {**info["args"], "data": args.model_data}}
     if args.data:
@@ -76,13 +79,10 @@ def calibrate(args: argparse.Namespace) -> int:
     else:
         root, training = training_pairs(info, "train")
         training_name = f"the model's training split of {root.name}"
-    target = Path(args.output) if args.output else source
-    if target != source:
-        shutil.copyfile(source, target)
     fitted_on = (f"quality and temperature: {len(held_out)} images of {held_name}; dermoscopy "
                  f"check: {len(training)} images of {training_name}")
     print(f"calibrating {source} on {fitted_on}", flush=True)
-    report = calibrate_file(target, held_out, training, fitted_on, args.device, args.precision)
+    report = calibrate_file(predictor, held_out, training, fitted_on)
     print("\n".join(report.lines()))
     print(f"wrote {target}")
     return 0
