@@ -44,8 +44,8 @@ class ScoredSet:
     @property
     def label(self) -> str:
         """A short name for report folders: ``<folder>-[training-]<split>``."""
-        prefix = "training-" if self.split_source == "training" else ""
-        return f"{self.root.resolve().name}-{prefix}{self.split}"
+        return data_label(self.root, self.split,
+                          "training-" if self.split_source == "training" else "")
 
 
 def scored_set(info: dict[str, Any], data: str | None, split: str | None) -> ScoredSet:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -308,8 +307,3 @@ def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
     return [image_statistics(read_image_reduced(training[i].image, SIDE)[0])
             for i in sorted(pick)]
 
-
-def describe_pairs(pairs: Sequence[Pair]) -> str:
-    """``N images of FOLDER``, for :attr:`Calibration.fitted_on`."""
-    folders = sorted({Path(pair.image).parent.name for pair in pairs})
-    return f"{len(pairs)} images of {', '.join(folders)}"

@@ -141,7 +141,7 @@ def evaluate_masks(args: argparse.Namespace) -> tuple[Evaluation, str]:
     report's default name."""
     from evaluation.report import EvaluationSettings
     from evaluation.scoring import evaluate_mask_files
-    from evaluation.sources import gt_split, mask_files
+    from evaluation.sources import data_label, gt_split, mask_files
 
     pred, gt = Path(args.pred), Path(args.gt)
     split = gt_split(gt, args.split)
@@ -151,8 +151,8 @@ def evaluate_masks(args: argparse.Namespace) -> tuple[Evaluation, str]:
         mode="masks", data=str(gt), split=split, split_source="layout" if split else "folder",
         predictions=str(pred), keep_largest=args.keep_largest, fill_holes=args.fill_holes,
         resize_pred=args.resize_pred)
-    gt_label = f"{gt.resolve().name}-{split}" if split else gt.resolve().name
-    return evaluate_mask_files(files, settings, args.worst), f"{pred.resolve().name}-vs-{gt_label}"
+    return (evaluate_mask_files(files, settings, args.worst),
+            f"{pred.resolve().name}-vs-{data_label(gt, split)}")
 
 
 def report_name(base: str, args: argparse.Namespace) -> str:
