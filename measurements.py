@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -89,13 +90,16 @@ MEASUREMENT_COLUMNS = ("area_px", "max_diameter_px", "perpendicular_diameter_px"
 _PAIR_BLOCK = 512
 
 
-def _reference_lab() -> np.ndarray:
+@cache
+def reference_lab() -> np.ndarray:
+    """The CIELAB values ``(6, 3)`` float32 of :data:`ABCD_COLOURS`: L* in [0, 100], a* and b*
+    in about [-128, 127]; white is (100, 0, 0), black (0, 0, 0).
+
+    Computed on first use, never at import: an OpenCV call starts OpenCV's thread pool, and a
+    process that imports this module must stay safe to fork.
+    """
     rgb = np.array([ABCD_COLOURS_RGB[name] for name in ABCD_COLOURS], np.float32)
     return cv2.cvtColor(rgb.reshape(-1, 1, 3), cv2.COLOR_RGB2Lab).reshape(-1, 3)
-
-
-# L* in [0, 100], a* and b* in about [-128, 127]; white is (100, 0, 0), black (0, 0, 0).
-REFERENCE_LAB = _reference_lab()
 
 
 @dataclass(frozen=True)
@@ -487,20 +491,19 @@ def _colours(image: np.ndarray, pixels: np.ndarray, box: tuple[int, int, int, in
     return tuple(name for name, share in zip(ABCD_COLOURS, shares) if share >= COLOUR_MIN_SHARE)
 
 
+@cache
 def _lab8_scores() -> tuple[np.ndarray, np.ndarray]:
     """Weights ``(6, 3)`` and offsets ``(6,)`` such that ``weights @ q + offsets`` is, up to a
     term the same for every reference, the squared CIELAB distance from OpenCV's 8-bit Lab
     encoding ``q = (L * 255 / 100, a + 128, b + 128)`` to each reference colour."""
     scale = np.array([100 / 255, 1.0, 1.0])
     shift = np.array([0.0, -128.0, -128.0])
-    references = REFERENCE_LAB.astype(np.float64)
+    references = reference_lab().astype(np.float64)
     # |p - c|^2 = |p|^2 - 2 c.p + |c|^2 with p = scale * q + shift; |p|^2 is common to all c.
     weights = -2 * references * scale
     offsets = (references ** 2).sum(axis=1) - 2 * references @ shift
     return weights.astype(np.float32), offsets.astype(np.float32)
 
-
-_LAB8_WEIGHTS, _LAB8_OFFSETS = _lab8_scores()
 
 
 def colour_shares(rgb: np.ndarray) -> np.ndarray:
@@ -525,7 +528,8 @@ def colour_shares(rgb: np.ndarray) -> np.ndarray:
     # far below the distances between the reference colours.
     encoded = cv2.cvtColor(np.ascontiguousarray(rgb).reshape(-1, 1, 3), cv2.COLOR_RGB2Lab)
     planes = np.ascontiguousarray(encoded.reshape(-1, 3).T, dtype=np.float32)
-    scores = _LAB8_WEIGHTS @ planes + _LAB8_OFFSETS[:, None]
+    weights, offsets = _lab8_scores()
+    scores = weights @ planes + offsets[:, None]
     # A running minimum over six contiguous rows beats argmin across a short last axis.
     nearest = np.zeros(scores.shape[1], np.intp)
     best = scores[0]

@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -29,21 +30,22 @@ from tqdm import tqdm
 from common.device import Hardware, autocast_dtype, configure_backends
 from common.errors import run_script
 from common.seeding import seed_everything
-from data.dataset import end_workers
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
+from data.workers import end_workers, start_worker_server
 from models import count_parameters
 from models.calibration import calibrate_file
 from models.predictor import Predictor
 from training.distributed import (
     Agreement,
+    StopDuringWait,
     StopRequest,
     is_communication_error,
     peer_lost,
     replicas_report,
     start_cluster,
 )
-from training.loaders import build_datasets, build_loaders, epoch_images
+from training.loaders import batches, build_datasets, build_loaders, epoch_images
 from training.options import check_args, parse_args, split_settings
 from training.run import Run, build_run
 from training.schedule import Plan, lr_at
@@ -76,6 +78,8 @@ def train(args: argparse.Namespace) -> Outcome:
     """Train as ``args`` say; on SIGTERM or SIGINT stop after the current step, save last.pt
     and return the signal's exit status."""
     check_args(args)
+    if args.workers != 0:
+        start_worker_server()
     with ExitStack() as cleanup:
         cluster = start_cluster(args.device, args.dist_timeout)
         cleanup.callback(cluster.shutdown)
@@ -89,10 +93,17 @@ def train(args: argparse.Namespace) -> Outcome:
         root = data_root(args.data, generate=cluster.is_main)
         cluster.wait_for_main()  # the others wait for rank 0 to write the synthetic set
         train_pairs, val_pairs = training_splits(root, split_settings(args))
-        train_loader, val_loader = build_loaders(
-            args, *build_datasets(args, root, train_pairs, val_pairs, cluster), cluster)
+        try:
+            with stop.waiting():  # building the preparation cache can be stopped at once
+                datasets = build_datasets(args, root, train_pairs, val_pairs, cluster)
+        except StopDuringWait:
+            return Outcome(status=stop.exit_status(), message=f"stopped by {stop.name()} "
+                           "while preparing the data; nothing was trained")
+        train_loader, val_loader = build_loaders(args, *datasets, cluster)
         for loader in (train_loader, val_loader):
-            cleanup.callback(end_workers, loader)
+            # a run that failed or was stopped kills its workers: one may be stuck in a read
+            cleanup.push(lambda failed, *_, loader=loader:
+                         end_workers(loader, at_once=failed is not None or stop.requested))
 
         # model, optimiser, precision, and the state of a resumed run
         plan = Plan(args.epochs, epoch_images(train_loader, cluster),
@@ -129,8 +140,12 @@ def train(args: argparse.Namespace) -> Outcome:
                 state.end_epoch()
                 if cluster.world > 1:
                     broadcast_buffers(run)
-                metrics, examples = validate(run.eval_model, val_loader,
-                                             run.optimisation.loss_fn, hardware, run.wandb)
+                try:
+                    metrics, examples = validate(run.eval_model, batches(val_loader, stop),
+                                                 run.optimisation.loss_fn, hardware, run.wandb)
+                except StopDuringWait:
+                    outcome = stopped_outcome(run, stop, metrics)
+                    break
                 metrics.update(train_loss=epoch.loss, lr=lr_at(plan.progress(state), args),
                                seconds=time.perf_counter() - started,
                                images_per_second=epoch.images / max(epoch.seconds, 1e-9))
@@ -154,11 +169,13 @@ def train(args: argparse.Namespace) -> Outcome:
             if run.wandb is not None:
                 run.wandb.finish()
             if outcome.status == 0:  # a finished run: calibrate the model on held-out images
+                started = time.perf_counter()
                 best = Predictor(run.checkpoint_dir / "best.pt", device=str(hardware.device),
                                  precision=args.precision)
                 print("\n".join(calibrate_file(
                     best, val_pairs, train_pairs, f"{len(val_pairs)} validation and "
                     f"{len(train_pairs)} training images of {root}").lines()), flush=True)
+                outcome.message += f" (calibrated in {time.perf_counter() - started:.1f} s)"
         return outcome
 
 
@@ -180,36 +197,34 @@ def train_one_epoch(run: Run, loader: DataLoader, agreement: Agreement,
                     stop: StopRequest) -> EpochResult:
     """Steps over the epoch's batches until they run out, the plan is done or a stop is
     agreed. Before each step all processes agree on the training time and stop request, so
-    that they take the same decisions (and learning rate) at the same step."""
-    args, state, optimisation = run.args, run.state, run.optimisation
+    that they take the same decisions (and learning rate) at the same step; a stop signal
+    while waiting for a batch ends the wait, and the exchange after the loop agrees on it."""
+    args, state = run.args, run.state
     run.model.train()
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{args.epochs}", leave=False,
+    bar = tqdm(total=len(loader), desc=f"epoch {state.epoch + 1}/{args.epochs}", leave=False,
                disable=not run.cluster.is_main or None, unit="batch")
     # float64: sums of float32 losses are exact, so a stopped and resumed epoch's mean is too
     running = torch.zeros((), dtype=run.hardware.sum_dtype, device=run.hardware.device)
     stopped, images = False, 0
     seconds_before, tick = state.train_seconds, time.perf_counter()
     clock_start = tick - seconds_before
-    for batch in bar:
-        state.train_seconds, stopped = agreement.exchange(time.perf_counter() - clock_start,
-                                                          stop.requested)
-        if stopped or run.plan.progress(state) >= 1.0:
-            break
-        optimisation.set_lr(lr_at(run.plan.progress(state), args))
-        image, mask = run.hardware.batch(batch)
-        running += optimisation.step(image, mask)
-        if run.ema:
-            run.ema.update()
-        state.step += 1
-        state.epoch_steps += 1
-        state.epoch_images += len(image) * run.cluster.world
-        images += len(image)
-        if state.epoch_steps % args.log_interval == 0:  # the one device synchronisation
-            interval_loss = running.item()
-            state.epoch_loss += interval_loss
-            running.zero_()
-            log_interval(run, bar, interval_loss / args.log_interval,
-                         images / (time.perf_counter() - tick))
+    try:
+        for batch in batches(loader, stop):
+            state.train_seconds, stopped = agreement.exchange(
+                time.perf_counter() - clock_start, stop.requested)
+            if stopped or run.plan.progress(state) >= 1.0:
+                break
+            running += train_step(run, batch)
+            images += len(batch["image"])
+            bar.update()
+            if state.epoch_steps % args.log_interval == 0:  # the one device synchronisation
+                interval_loss = running.item()
+                state.epoch_loss += interval_loss
+                running.zero_()
+                log_interval(run, bar, interval_loss / args.log_interval,
+                             images / (time.perf_counter() - tick))
+    except StopDuringWait:
+        pass  # stop.requested is set: the exchange below agrees on it
     if not stopped:  # the time and any stop request after the last step
         state.train_seconds, stopped = agreement.exchange(time.perf_counter() - clock_start,
                                                           stop.requested)
@@ -218,6 +233,21 @@ def train_one_epoch(run: Run, loader: DataLoader, agreement: Agreement,
     return EpochResult(state.epoch_loss / max(state.epoch_steps, 1),
                        images * run.cluster.world, state.train_seconds - seconds_before,
                        stopped)
+
+
+def train_step(run: Run, batch: dict) -> torch.Tensor:
+    """One optimiser step at the learning rate of the run's progress; the batch's loss as a
+    tensor on the device (not synchronised)."""
+    state = run.state
+    run.optimisation.set_lr(lr_at(run.plan.progress(state), run.args))
+    image, mask = run.hardware.batch(batch)
+    loss = run.optimisation.step(image, mask)
+    if run.ema:
+        run.ema.update()
+    state.step += 1
+    state.epoch_steps += 1
+    state.epoch_images += len(image) * run.cluster.world
+    return loss
 
 
 def log_interval(run: Run, bar: tqdm, loss: float, images_per_second: float) -> None:
@@ -229,10 +259,11 @@ def log_interval(run: Run, bar: tqdm, loss: float, images_per_second: float) -> 
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: DataLoader, loss_fn: SegmentationLoss,
+def validate(model: torch.nn.Module, loader: Iterable[dict], loss_fn: SegmentationLoss,
              hardware: Hardware, wandb: WandbRun | None = None) -> tuple[dict[str, float], list]:
     """Mean validation loss, per-image Dice and IoU over all processes, and (with ``wandb``)
-    W&B pictures of the first batch."""
+    W&B pictures of the first batch, from the batches of ``loader`` (a DataLoader, or
+    :func:`training.loaders.batches` of one)."""
     model.eval()
     totals = torch.zeros(4, dtype=hardware.sum_dtype, device=hardware.device)  # loss, dice, iou, n
     examples = []

@@ -52,6 +52,7 @@ from data.layouts import (
     find_split_folders,
 )
 from data.preprocess import area_resize
+from data.workers import STALL_SECONDS, DataStallError, init_pool_worker, worker_context
 
 # Bump when the stored arrays would differ for the same files (resize method, mask encoding):
 # 2 decodes large JPEGs at reduced scale and applies EXIF orientation.
@@ -124,16 +125,41 @@ def decode_resized(job: tuple[Pair, int]) -> Decoded:
     return Decoded(area_resize(image, img_size), area_resize(mask, img_size), grey)
 
 
+# Starting the decoding pool's processes costs about 2 s (a fresh interpreter imports PyTorch and
+# OpenCV, see data.workers); fewer images than this decode about as fast in the process itself.
+POOL_MIN_IMAGES = 500
+
+
 def decode_all(pairs: Sequence[Pair], img_size: int, workers: int) -> Iterator[Decoded]:
-    """:func:`decode_resized` of every pair, in order, on ``workers`` processes."""
+    """:func:`decode_resized` of every pair, in order, on ``workers`` processes.
+
+    Raises:
+        DataStallError: a chunk of images took longer than :data:`data.workers.STALL_SECONDS`
+            (a process or the file system stopped answering).
+    """
     jobs = [(pair, img_size) for pair in pairs]
-    if workers <= 1 or len(jobs) < 2:
+    if workers <= 1 or len(jobs) < POOL_MIN_IMAGES:
         yield from map(decode_resized, jobs)
         return
     processes = min(workers, len(jobs))
-    chunk = max(1, min(8, len(jobs) // (4 * processes)))
-    with multiprocessing.Pool(processes) as pool:
-        yield from pool.imap(decode_resized, jobs, chunksize=chunk)
+    size = max(1, min(8, len(jobs) // (4 * processes)))
+    chunks = [jobs[start:start + size] for start in range(0, len(jobs), size)]
+    with worker_context().Pool(processes, initializer=init_pool_worker) as pool:
+        decoded = pool.imap(decode_chunk, chunks)
+        for chunk in chunks:
+            try:
+                yield from decoded.next(timeout=STALL_SECONDS)
+            except multiprocessing.TimeoutError:
+                raise DataStallError(
+                    f"decoding {len(chunk)} images from {chunk[0][0].image} on for the "
+                    f"preparation cache took longer than {STALL_SECONDS:.0f} s: a "
+                    "decoding process or the file system stopped answering; check that the "
+                    "data folder can be read, or train with --no-cache") from None
+
+
+def decode_chunk(jobs: Sequence[tuple[Pair, int]]) -> list[Decoded]:
+    """:func:`decode_resized` of a few jobs: one task of the decoding pool."""
+    return [decode_resized(job) for job in jobs]
 
 
 # ---------------------------------------------------------------- the scan report

@@ -8,7 +8,6 @@ the cache applied, so that it leaves cached samples untouched and items are iden
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -17,7 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from common.errors import FlagError
 from data.imageio import read_image, read_image_reduced, read_mask
@@ -91,8 +90,9 @@ def load_pair(pair: Pair, img_size: int | None = None) -> tuple[np.ndarray, np.n
     """Decode one pair: ``(H, W, 3)`` uint8 RGB image and ``(H, W)`` uint8 mask in ``{0, 1}``.
 
     Args:
-        img_size: the size the pair will be resized to: a large JPEG is then decoded at reduced
-            scale (:func:`data.imageio.read_image_reduced`), as the preparation cache does.
+        img_size: the size the pair will be resized to: both are then returned resized to
+            ``(img_size, img_size)`` exactly as the preparation cache stores them, a large JPEG
+            decoded at reduced scale (:func:`data.imageio.read_image_reduced`) on the way.
 
     Raises:
         CorruptFileError: a file cannot be decoded (see :mod:`data.imageio`).
@@ -100,12 +100,14 @@ def load_pair(pair: Pair, img_size: int | None = None) -> tuple[np.ndarray, np.n
     """
     if img_size is None:
         image = read_image(pair.image)
-        size = image.shape[:2]
-    else:
-        image, size = read_image_reduced(pair.image, img_size)
+        mask = read_mask(pair.mask)
+        check_same_size(pair, image.shape[:2], mask.shape[:2])
+        return image, mask
+    image, size = read_image_reduced(pair.image, img_size)
     mask = read_mask(pair.mask)
     check_same_size(pair, size, mask.shape[:2])
-    return image, mask
+    # A reduced JPEG is smaller than its mask: both go to the training size here.
+    return area_resize(image, img_size), area_resize(mask, img_size)
 
 
 class Source(Protocol):
@@ -166,30 +168,6 @@ class ISICDataset(Dataset):
             "mask": torch.from_numpy(out["mask"][None].astype(np.float32)),
             "id": self.source.ids[index],
         }
-
-
-def init_loader_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one OpenCV thread per worker process, and SIGTERM and
-    SIGINT ignored.
-
-    The workers already keep the cores busy (PyTorch limits its own threads in them likewise);
-    OpenCV's thread pool on top only adds contention. A cluster's SIGTERM (or a terminal's
-    Ctrl-C) reaches every process of a job: the training process then finishes its step and
-    saves, and needs its workers for that; it ends them itself (and they end when it dies).
-    """
-    cv2.setNumThreads(1)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-
-
-def end_workers(loader: DataLoader) -> None:
-    """End the worker processes a DataLoader keeps (``persistent_workers``) now. They ignore
-    SIGTERM (see :func:`init_loader_worker`), so they must not be left to the interpreter's
-    exit, which would terminate them with it and wait forever."""
-    iterator = getattr(loader, "_iterator", None)
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
-    loader._iterator = None
 
 
 class EpochSampler(Sampler):

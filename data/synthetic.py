@@ -563,12 +563,5 @@ def ensure_synthetic_isic(
     """
     root = Path(root)
     if _read_params(root) != _dataset_params(n_train, n_val, height, width, seed):
-        # OpenCV's thread pool does not survive fork(): a DataLoader worker forked after this
-        # process used it hangs in its first cv2 call. So the pool is never started here.
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            generate_synthetic_isic(root, n_train, n_val, height, width, seed)
-        finally:
-            cv2.setNumThreads(threads)
+        generate_synthetic_isic(root, n_train, n_val, height, width, seed)
     return root

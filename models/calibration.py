@@ -151,8 +151,9 @@ def calibration_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
 class HeldOutImage:
     """What fitting needs of one held-out image: the raw logits of the variants the quality
     estimate reads (``models.predictor.QUALITY_FLIPS``, the first the image itself) at the
-    model's size ``(2, S, S)``, the expert's mask at the model's size and at the image's, and
-    the image's statistics for the dermoscopy check."""
+    model's size ``(K, S, S)`` (``K`` is 1 where too few images to fit the estimate), the
+    expert's mask at the model's size and at the image's, and the image's statistics for the
+    dermoscopy check."""
 
     logits: np.ndarray
     truth_small: np.ndarray
@@ -209,7 +210,10 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     """
     if not held_out or not training:
         raise ValueError("calibration needs held-out and training images")
-    images = [held_out_image(predictor, pair) for pair in held_out]
+    # The mirror image only serves the quality estimate, which needs MIN_FIT_IMAGES images: a
+    # short run's calibration reads each image once.
+    variants = 2 if len(held_out) >= MIN_FIT_IMAGES else 1
+    images = [held_out_image(predictor, pair, variants) for pair in held_out]
     identity = np.stack([image.logits[0] for image in images])
     truth_small = np.stack([image.truth_small for image in images])
     temperature = fit_temperature(identity, truth_small)
@@ -258,13 +262,13 @@ def calibrate_file(predictor: Predictor, held_out: Sequence[Pair], training: Seq
     return report
 
 
-def held_out_image(predictor: Predictor, pair: Pair) -> HeldOutImage:
-    """The raw logits of ``pair.image`` and its mirror image, and its expert's mask at both
-    sizes."""
+def held_out_image(predictor: Predictor, pair: Pair, variants: int) -> HeldOutImage:
+    """The raw logits of ``pair.image`` and (``variants`` 2) its mirror image, and its
+    expert's mask at both sizes."""
     from models.predictor import QUALITY_FLIPS
 
     loaded = predictor.read(pair.image)
-    logits = predictor.flip_logits(loaded.tensor[None], QUALITY_FLIPS)[0].numpy()
+    logits = predictor.flip_logits(loaded.tensor[None], QUALITY_FLIPS[:variants])[0].numpy()
     truth = read_scored_mask(pair.mask)
     size = predictor.img_size
     small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)

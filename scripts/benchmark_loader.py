@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import run_script  # noqa: E402
 from data.cache import DEFAULT_CACHE_ROOT  # noqa: E402
-from data.dataset import end_workers  # noqa: E402
 from data.splits import data_root, training_splits  # noqa: E402
+from data.workers import end_workers  # noqa: E402
 from training.distributed import Cluster  # noqa: E402
 from training.loaders import build_datasets, build_loaders  # noqa: E402
 from training.options import check_args, parse_args, split_settings  # noqa: E402

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import data.cache as cache_module
 import train
 from data.cache import IMAGES_FILE, MASKS_FILE, prepare_splits
 from data.dataset import ISICDataset, eval_transforms, train_transforms
@@ -94,8 +95,9 @@ def test_build_then_reuse(synthetic_root: Path, tmp_path: Path) -> None:
     assert {split: cache.folder.stat().st_mtime_ns for split, cache in again.items()} == built
 
 
-def test_pool_and_single_process_write_the_same_arrays(synthetic_root: Path,
-                                                       tmp_path: Path) -> None:
+def test_pool_and_single_process_write_the_same_arrays(synthetic_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_module, "POOL_MIN_IMAGES", 2)  # the pool even for a few images
     single, _ = prepare_quietly(synthetic_root, tmp_path / "one", workers=1)
     pooled, _ = prepare_quietly(synthetic_root, tmp_path / "two", workers=2)
     for name in (IMAGES_FILE, MASKS_FILE):

@@ -329,3 +329,35 @@ def test_split_refuses_bad_fractions(fraction: float) -> None:
 def test_split_refuses_too_few_pairs() -> None:
     with pytest.raises(DatasetError, match="too few"):
         split_pairs(fake_pairs(1), 0.5, seed=0)
+
+
+def test_large_jpeg_from_its_files_gives_the_cached_item(tmp_path: Path) -> None:
+    # A JPEG of many times the training size is decoded at reduced scale; its mask is not. Read
+    # from the files (--no-cache) the item must be the one the preparation cache stores.
+    from data.cache import decode_resized
+    from data.dataset import FileSource
+
+    image = cv2.GaussianBlur(noise(600, 900), (0, 0), 5)
+    mask = np.zeros((600, 900), np.uint8)
+    cv2.ellipse(mask, (450, 300), (300, 180), 20, 0, 360, 255, -1)
+    pair = Pair("ISIC_0000001", write(tmp_path / "ISIC_0000001.jpg", image),
+                write(tmp_path / "ISIC_0000001_segmentation.png", mask))
+    from_files = ISICDataset(FileSource([pair], IMG_SIZE), eval_transforms(IMG_SIZE))[0]
+    cached = decode_resized((pair, IMG_SIZE))
+    expected = ISICDataset(_ArraySource(cached.image, cached.mask), eval_transforms(IMG_SIZE))[0]
+    assert from_files["image"].shape == (3, IMG_SIZE, IMG_SIZE)
+    assert torch.equal(from_files["image"], expected["image"])
+    assert torch.equal(from_files["mask"], expected["mask"])
+
+
+class _ArraySource:
+    """One already decoded sample, as the preparation cache hands it out."""
+
+    def __init__(self, image: np.ndarray, mask: np.ndarray) -> None:
+        self.ids, self.image, self.mask = ["ISIC_0000001"], image, mask
+
+    def __len__(self) -> int:
+        return 1
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.image, self.mask

@@ -18,10 +18,10 @@ from measurements import (
     ABCD_COLOURS,
     ABCD_COLOURS_RGB,
     MEASUREMENT_COLUMNS,
-    REFERENCE_LAB,
     colour_shares,
     measure,
     pixel_size_from_file,
+    reference_lab,
 )
 from tests.conftest import load_script
 
@@ -341,7 +341,7 @@ def srgb_to_lab(rgb: tuple[float, float, float]) -> np.ndarray:
 
 
 def test_reference_colours_are_their_rgb_values_in_cielab() -> None:
-    for name, lab in zip(ABCD_COLOURS, REFERENCE_LAB):
+    for name, lab in zip(ABCD_COLOURS, reference_lab()):
         assert lab == pytest.approx(srgb_to_lab(ABCD_COLOURS_RGB[name]), abs=0.3), name
 
 

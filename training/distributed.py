@@ -16,6 +16,8 @@ import os
 import re
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -148,14 +150,21 @@ class Agreement:
         return float(values[0]), bool(values[1])
 
 
+class StopDuringWait(BaseException):
+    """A stop signal arrived while the process waited for data (:meth:`StopRequest.waiting`).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except Exception`` inside
+    the DataLoader or the decoding pool holds it up on its way out of the wait."""
+
+
 class StopRequest:
     """SIGTERM and SIGINT set :attr:`signal` instead of ending the process, so that the run
-    stops between steps and saves; a second Ctrl-C interrupts at once. Installed for the
-    duration of a ``with`` block (signal handlers can be set in the main thread only).
+    stops between steps and saves; a second Ctrl-C interrupts at once. Inside
+    :meth:`waiting` a signal also ends the wait at once. Installed for the duration of a
+    ``with`` block (signal handlers can be set in the main thread only).
 
-    Processes forked meanwhile inherit the handler and react as they would have without it
-    (the preparation cache's decoding pool must end when it is terminated); DataLoader workers
-    ignore both signals (see :func:`data.dataset.init_loader_worker`).
+    Processes forked meanwhile inherit the handler and react as they would have without it;
+    data workers are spawned, and ignore both signals (:mod:`data.workers`).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -164,6 +173,7 @@ class StopRequest:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._owner = os.getpid()
+        self._waiting = False
 
     def __enter__(self) -> StopRequest:
         self._owner = os.getpid()
@@ -183,6 +193,21 @@ class StopRequest:
         self.signal = signum
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._waiting:
+            self._waiting = False
+            raise StopDuringWait(signum)
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A block that only waits for data (a batch, the preparation cache): a stop signal
+        raises :class:`StopDuringWait` out of it at once, since a stalled read may never
+        return, and nothing is half done while waiting. (A signal that came before is left to
+        the next agreement, as usual.)"""
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
 
     def _in_child(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)

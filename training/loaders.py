@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Subset
 
 from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
-from data.dataset import (
-    EpochSampler,
-    FileSource,
-    ISICDataset,
-    eval_transforms,
-    init_loader_worker,
-    train_transforms,
-)
+from data.dataset import EpochSampler, FileSource, ISICDataset, eval_transforms, train_transforms
 from data.layouts import DatasetError, Pair
-from training.distributed import Cluster
+from data.workers import DataStallError, batch_timeout, init_loader_worker, worker_context
+from training.distributed import Cluster, StopRequest
 
 
 def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair],
@@ -56,7 +50,8 @@ def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICD
     a disjoint slice of the validation set (no padding, no duplicates), so that the reduced
     mean is the number a single process computes. Validation items from the preparation cache
     cost microseconds, so they are read in the process itself: worker processes would take
-    longer to start than the items to read.
+    longer to start than the items to read. Workers are spawned (:mod:`data.workers`), and a
+    batch they do not deliver in time (``--data-timeout``) ends the run (:func:`batches`).
 
     Raises:
         DatasetError: fewer training images than processes.
@@ -67,12 +62,15 @@ def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICD
                            "processes")
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     common = dict(num_workers=workers, pin_memory=cluster.device.type == "cuda",
-                  persistent_workers=workers > 0, worker_init_fn=init_loader_worker)
+                  persistent_workers=workers > 0, worker_init_fn=init_loader_worker,
+                  multiprocessing_context=worker_context() if workers > 0 else None,
+                  timeout=(args.data_timeout or batch_timeout(args.batch_size)) if workers else 0)
     train_loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler,
                               drop_last=len(sampler) >= args.batch_size, **common)
     val_shard = Subset(val_ds, range(cluster.rank, len(val_ds), cluster.world))
     if args.cache:
-        common.update(num_workers=0, persistent_workers=False)
+        common.update(num_workers=0, persistent_workers=False, multiprocessing_context=None,
+                      timeout=0)
     return train_loader, DataLoader(val_shard, batch_size=args.batch_size, **common)
 
 
@@ -81,3 +79,30 @@ def epoch_images(loader: DataLoader, cluster: Cluster) -> int:
     batches, size = len(loader), loader.batch_size
     per_process = batches * size if loader.drop_last else len(loader.sampler)
     return per_process * cluster.world
+
+
+def batches(loader: DataLoader, stop: StopRequest) -> Iterator[dict]:
+    """The loader's batches. A stop signal ends the wait for one at once
+    (:class:`training.distributed.StopDuringWait`), and a batch its workers do not deliver
+    within the loader's timeout ends the run.
+
+    Raises:
+        DataStallError: no batch within ``loader.timeout`` seconds, naming what to try.
+    """
+    with stop.waiting():  # starting the workers is part of the wait
+        iterator = iter(loader)
+    while True:
+        try:
+            with stop.waiting():
+                batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if not loader.timeout or "timed out" not in str(exc):
+                raise
+            raise DataStallError(
+                f"no batch came from the {loader.num_workers} data-loading worker processes in "
+                f"{loader.timeout:.0f} s: a worker is stuck or the file system stopped "
+                "answering; check that the data folder can be read, try --workers 0, or raise "
+                "--data-timeout if batches are really that slow") from None
+        yield batch

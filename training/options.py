@@ -10,6 +10,7 @@ from common.errors import FlagError
 from common.options import add_hardware_options, check_minimum
 from data.dataset import AUGMENTATIONS
 from data.splits import SplitSettings
+from data.workers import SECONDS_PER_IMAGE, STALL_SECONDS
 from models.checkpoint import load_checkpoint
 from models.unet import LEGACY_CONFIG, UNetConfig
 from models.unet_parts import NORMS
@@ -89,6 +90,11 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
                    "(built on first use, as `python scripts/prepare.py` does)")
     g.add_argument("--cache-dir", default=None, help="folder of the preparation caches (the "
                    "data folder may be read-only); None: data/cache/ of this repository")
+    g.add_argument("--data-timeout", type=float, default=None, help="seconds to wait for one "
+                   f"batch from the worker processes before the run ends with an error (a stuck "
+                   f"worker or file system); default: {STALL_SECONDS:.0f}, or "
+                   f"{SECONDS_PER_IMAGE:.0f} per image of a larger batch (16 PNG photos of "
+                   "6000x4000 were measured at 7.4 s)")
 
 
 def add_model_options(g: argparse._ArgumentGroup) -> None:
@@ -193,6 +199,8 @@ def check_args(args: argparse.Namespace) -> None:
     checks = [
         ("lr", args.lr > 0, "must be positive"),
         ("workers", args.workers is None or args.workers >= 0, "must be 0 or more"),
+        ("data_timeout", args.data_timeout is None or args.data_timeout > 0,
+         "must be more than 0 seconds"),
         ("warmup", 0 <= args.warmup < 1, "must be in [0, 1)"),
         ("min_lr_ratio", 0 <= args.min_lr_ratio <= 1, "must be in [0, 1]"),
         ("weight_decay", args.weight_decay >= 0, "must be 0 or more"),
