@@ -34,7 +34,9 @@ from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from data.workers import end_workers, start_worker_server
 from models import count_parameters
-from models.calibration import calibrate_file
+from models.bundled import model_path
+from models.calibration import Calibration, calibrate_file
+from models.checkpoint import load_model_file
 from models.predictor import Predictor
 from training.distributed import (
     Agreement,
@@ -45,7 +47,13 @@ from training.distributed import (
     replicas_report,
     start_cluster,
 )
-from training.loaders import batches, build_datasets, build_loaders, epoch_images
+from training.loaders import (
+    batches,
+    build_datasets,
+    build_loaders,
+    epoch_images,
+    replay_pairs,
+)
 from training.options import check_args, parse_args, split_settings
 from training.run import Run, build_run
 from training.schedule import Plan, lr_at
@@ -93,6 +101,7 @@ def train(args: argparse.Namespace) -> Outcome:
         root = data_root(args.data, generate=cluster.is_main)
         cluster.wait_for_main()  # the others wait for rank 0 to write the synthetic set
         train_pairs, val_pairs = training_splits(root, split_settings(args))
+        replay = replay_pairs(args)
         try:
             with stop.waiting():  # building the preparation cache can be stopped at once
                 datasets = build_datasets(args, root, train_pairs, val_pairs, cluster)
@@ -117,7 +126,8 @@ def train(args: argparse.Namespace) -> Outcome:
                 run.wandb = WandbRun.start(args.wandb_project, vars(args), run.state.wandb_id)
                 run.state.wandb_id = run.wandb.id or run.state.wandb_id
             print(f"{len(train_pairs)} training and {len(val_pairs)} validation images from "
-                  f"{root}; U-Net {count_parameters(run.model) / 1e6:.2f} M parameters on "
+                  f"{root}{replay_note(args, replay)}; U-Net "
+                  f"{count_parameters(run.model) / 1e6:.2f} M parameters{init_note(args)} on "
                   f"{run.describe_hardware()} ({cluster.world} process"
                   f"{'es' if cluster.world > 1 else ''})", flush=True)
         if plan.finished(run.state):
@@ -173,10 +183,33 @@ def train(args: argparse.Namespace) -> Outcome:
                 best = Predictor(run.checkpoint_dir / "best.pt", device=str(hardware.device),
                                  precision=args.precision)
                 print("\n".join(calibrate_file(
-                    best, val_pairs, train_pairs, f"{len(val_pairs)} validation and "
-                    f"{len(train_pairs)} training images of {root}").lines()), flush=True)
+                    best, val_pairs, train_pairs + replay, f"{len(val_pairs)} validation and "
+                    f"{len(train_pairs)} training images of {root}{replay_note(args, replay)}",
+                    fallback=initial_calibration(args)).lines()), flush=True)
                 outcome.message += f" (calibrated in {time.perf_counter() - started:.1f} s)"
         return outcome
+
+
+def init_note(args: argparse.Namespace) -> str:
+    """What the start line says of the weights a run starts from."""
+    if args.resume:
+        return f", resumed from {args.resume}"
+    return f", starting from {args.init}" if args.init else ", starting from random weights"
+
+
+def initial_calibration(args: argparse.Namespace) -> Calibration | None:
+    """The calibration of the ``--init`` model (``None`` without one)."""
+    if not args.init:
+        return None
+    return Calibration.from_dict(load_model_file(model_path(args.init)).calibration)
+
+
+def replay_note(args: argparse.Namespace, replay: list) -> str:
+    """What the start line says of the images replayed in every batch."""
+    if not replay:
+        return ""
+    return (f", replaying {len(replay)} training images of {args.replay} "
+            f"({args.replay_share:.0%} of every batch)")
 
 
 # ---------------------------------------------------------------- training and validation

@@ -138,6 +138,22 @@ class FileSource:
         return load_pair(self.pairs[index], self.img_size)
 
 
+class JoinedSource:
+    """Two sources as one: the indices of ``first``, then those of ``second``."""
+
+    def __init__(self, first: Source, second: Source) -> None:
+        self.first, self.second = first, second
+        self.ids = [*first.ids, *second.ids]
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index < len(self.first):
+            return self.first.load(index)
+        return self.second.load(index - len(self.first))
+
+
 class ISICDataset(Dataset):
     """Samples of a :class:`Source` (or a list of pairs, read from their files) transformed with
     albumentations.
@@ -197,9 +213,39 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return max(0, self.size - self.start) // self.world
 
+    def order(self) -> np.ndarray:
+        """The epoch's order of all ``size`` positions, for all processes."""
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        mine = order[self.start + self.rank::self.world][:len(self)]
+        mine = self.order()[self.start + self.rank::self.world][:len(self)]
         for index in mine.tolist():
             seq = np.random.SeedSequence([self.seed, self.epoch, index])
             yield index, int(seq.generate_state(1)[0])
+
+
+class ReplaySampler(EpochSampler):
+    """:class:`EpochSampler` over a data set followed by ``replay`` images of another one (a
+    :class:`JoinedSource`): each epoch holds every image of the first once (the last step
+    filled up with images from the start of the epoch's order), and every batch of every
+    process ``share`` of images of the second, so that a model fine-tuned on a few new images
+    keeps seeing what it was trained on. The replayed images are a seeded draw, different each
+    epoch.
+    """
+
+    def __init__(self, size: int, replay: int, share: float, batch: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.replayed = min(batch - 1, max(1, round(share * batch)))  # per batch and process
+        self.batch, self.main, self.replay = batch, size, replay
+        self.steps = -(-size // ((batch - self.replayed) * world))
+        super().__init__(self.steps * batch * world, seed, rank, world)
+
+    def order(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        world, fresh_per = self.world, self.batch - self.replayed
+        fresh = np.resize(rng.permutation(self.main), (self.steps, world, fresh_per))
+        replayed = self.main + np.resize(rng.permutation(self.replay),
+                                         (self.steps, world, self.replayed))
+        batches = rng.permuted(np.concatenate([fresh, replayed], axis=2), axis=2)
+        # Position (step, i, rank) is dealt to process ``rank`` (see EpochSampler.__iter__).
+        return batches.transpose(0, 2, 1).reshape(-1)

@@ -4,12 +4,12 @@ Workers are never forked from the training process. A forked child inherits the 
 every thread pool its parent had started (OpenCV's, started by any OpenCV call; W&B's;
 PyTorch's) but none of its threads, and blocks for ever as soon as it reconfigures such a pool:
 ``cv2.setNumThreads(1)`` in a forked worker of a process that had called ``cv2.cvtColor`` once
-never returns. Workers start from a *fork server* instead (a fresh, single-threaded interpreter
-that imports PyTorch, OpenCV and albumentations once and forks each worker from itself), or are spawned (a fresh
-interpreter each) where there is no fork server (Windows). Either way a worker's start does not
-depend on what the training process did before. The fork server pays those imports once per
-run instead of once per worker; measured start-up times and images per second of each
-start method are in docs/training.md, "Data-loading workers".
+never returns. Workers start from a *fork server* instead (a fresh, single-threaded
+interpreter that imports PyTorch, OpenCV and albumentations once and forks each worker from
+itself), or are spawned (a fresh interpreter each) where there is no fork server (Windows).
+Either way a worker's start does not depend on what the training process did before. The fork
+server pays those imports once per run instead of once per worker; measured start-up times
+and images per second of each start method are in docs/training.md, "Data-loading workers".
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ MODEL_CARD = PRETRAINED_DIR / "MODEL_CARD.md"
 USER_CHECKPOINT = Path("models/checkpoints/best.pt")
 
 
+def model_path(name: str | Path) -> Path:
+    """The file a model name on a command line means: ``bundled`` is the bundled model, any
+    other name a path."""
+    return BUNDLED_MODEL if str(name) == "bundled" else Path(name)
+
+
 def default_model() -> Path:
     """The user's ``models/checkpoints/best.pt`` if it exists and was trained on real images,
     else the bundled model."""

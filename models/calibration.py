@@ -176,12 +176,17 @@ class CalibrationReport:
     flagged: int
     caught: int
     other_reasons: int
+    kept_from: str = ""
 
     def lines(self) -> list[str]:
         calibrated = (f"calibration: temperature {self.temperature:.3f}, expected calibration "
                       f"error {self.calibration_error_before:.4f} -> "
                       f"{self.calibration_error_after:.4f} on {self.images} held-out images "
                       "(model size)")
+        if self.kept_from:
+            return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
+                    f"{MIN_FIT_IMAGES} needed): kept from the model the run started from "
+                    f"({self.kept_from}), review below {self.review_below:.3f}"]
         if not self.quality_fitted:
             return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
                     f"{MIN_FIT_IMAGES} needed): the model's own expected Dice, review below "
@@ -194,7 +199,8 @@ class CalibrationReport:
 
 
 def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
-                    fitted_on: str) -> tuple[Calibration, CalibrationReport]:
+                    fitted_on: str, *, fallback: Calibration | None = None
+                    ) -> tuple[Calibration, CalibrationReport]:
     """Fit a model's :class:`Calibration`.
 
     Args:
@@ -203,6 +209,8 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         training: images the model was trained on (only the images are read), for the
             dermoscopy check.
         fitted_on: a description of ``held_out`` and ``training`` stored with the result.
+        fallback: the calibration of the model a fine-tuning run started from: its quality
+            estimate and review threshold are kept where too few held-out images fit new ones.
 
     Raises:
         ValueError: no held-out or no training images.
@@ -234,6 +242,12 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     failures = np.asarray(jaccard) < JACCARD_FAILURE
     review_below = (review_threshold(estimates, failures) if quality.images
                     else UNFITTED_REVIEW_BELOW)
+    kept_from = ""
+    if not quality.images and fallback is not None and fallback.quality.images:
+        quality, review_below = fallback.quality, fallback.review_below
+        kept_from = fallback.fitted_on or "its calibration"
+    if kept_from:
+        fitted_on += "; quality estimate and review threshold kept from the initial model"
     calibration = Calibration(temperature, quality, review_below, dermoscopy, fitted_on)
     flagged = estimates < review_below
     report = CalibrationReport(
@@ -242,12 +256,12 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         calibration_error(torch.sigmoid(torch.from_numpy(identity / temperature)).numpy(),
                           truth_small),
         review_below, bool(quality.images), int(failures.sum()), int(flagged.sum()),
-        int((flagged & failures).sum()), int(np.sum(other_reasons)))
+        int((flagged & failures).sum()), int(np.sum(other_reasons)), kept_from)
     return calibration, report
 
 
 def calibrate_file(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
-                   fitted_on: str) -> CalibrationReport:
+                   fitted_on: str, *, fallback: Calibration | None = None) -> CalibrationReport:
     """Fit the calibration of the predictor's model (:func:`fit_calibration`) and store it in
     its file, ``predictor.checkpoint_path`` (:func:`models.checkpoint.write_calibration`).
 
@@ -257,7 +271,8 @@ def calibrate_file(predictor: Predictor, held_out: Sequence[Pair], training: Seq
     """
     from models.checkpoint import write_calibration
 
-    calibration, report = fit_calibration(predictor, held_out, training, fitted_on)
+    calibration, report = fit_calibration(predictor, held_out, training, fitted_on,
+                                          fallback=fallback)
     write_calibration(predictor.checkpoint_path, calibration.to_dict())
     return report
 

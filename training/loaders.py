@@ -11,35 +11,72 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 
 from data.cache import DEFAULT_CACHE_ROOT, PreparedCache, prepare_splits
-from data.dataset import EpochSampler, FileSource, ISICDataset, eval_transforms, train_transforms
-from data.layouts import DatasetError, Pair
+from data.dataset import (
+    EpochSampler,
+    FileSource,
+    ISICDataset,
+    JoinedSource,
+    ReplaySampler,
+    eval_transforms,
+    train_transforms,
+)
+from data.layouts import DatasetError, Pair, find_pairs
+from data.splits import data_root
 from data.workers import DataStallError, batch_timeout, init_loader_worker, worker_context
 from training.distributed import Cluster, StopRequest
+
+
+def replay_pairs(args: argparse.Namespace) -> list[Pair]:
+    """The training images of the ``--replay`` folder (none without it).
+
+    Raises:
+        DatasetError: the folder holds no training pairs in a known layout.
+    """
+    if not args.replay:
+        return []
+    return find_pairs(data_root(args.replay, generate=False), "train",
+                      skip_unpaired=args.skip_unpaired)
 
 
 def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair],
                    val_pairs: list[Pair], cluster: Cluster) -> tuple[ISICDataset, ISICDataset]:
     """Training and validation datasets, read from the preparation cache unless --no-cache;
-    rank 0 builds what is missing while the others wait."""
+    rank 0 builds what is missing while the others wait. With ``--replay`` the training
+    dataset is a :class:`data.dataset.JoinedSource` of ``train_pairs`` and
+    :func:`replay_pairs`, in that order."""
+    splits = ("train", "val") if args.official_val else ("train",)
+    replay = replay_pairs(args)
     train_source = FileSource(train_pairs, args.img_size)
     val_source = FileSource(val_pairs, args.img_size)
+    replay_source = FileSource(replay, args.img_size)
     if args.cache:
-        caches = None
-        if cluster.is_main:
-            caches = open_caches(args, root, log=print)
-        cluster.wait_for_main()
-        if caches is None:
-            caches = open_caches(args, root, log=None)
+        caches = prepared(args, root, splits, cluster)
         train_source = caches["train"].source(train_pairs)
         val_source = caches["val" if args.official_val else "train"].source(val_pairs)
+        if replay:
+            replay_caches = prepared(args, data_root(args.replay, generate=False), ("train",),
+                                     cluster)
+            replay_source = replay_caches["train"].source(replay)
+    if replay:
+        train_source = JoinedSource(train_source, replay_source)
     return (ISICDataset(train_source, train_transforms(args.img_size, policy=args.augment)),
             ISICDataset(val_source, eval_transforms(args.img_size)))
 
 
-def open_caches(args: argparse.Namespace, root: Path,
+def prepared(args: argparse.Namespace, root: Path, splits: tuple[str, ...],
+             cluster: Cluster) -> dict[str, PreparedCache]:
+    """The preparation caches of ``splits`` of ``root``: built (and reported) by rank 0, then
+    opened by the others."""
+    caches = None
+    if cluster.is_main:
+        caches = open_caches(args, root, splits, log=print)
+    cluster.wait_for_main()
+    return caches if caches is not None else open_caches(args, root, splits, log=None)
+
+
+def open_caches(args: argparse.Namespace, root: Path, splits: tuple[str, ...],
                 log: Callable[[str], None] | None) -> dict[str, PreparedCache]:
-    return prepare_splits(root, ("train", "val") if args.official_val else ("train",),
-                          args.img_size, skip_unpaired=args.skip_unpaired,
+    return prepare_splits(root, splits, args.img_size, skip_unpaired=args.skip_unpaired,
                           cache_root=args.cache_dir or DEFAULT_CACHE_ROOT,
                           progress=log is not None, log=log)
 
@@ -56,7 +93,12 @@ def build_loaders(args: argparse.Namespace, train_ds: ISICDataset, val_ds: ISICD
     Raises:
         DatasetError: fewer training images than processes.
     """
-    sampler = EpochSampler(len(train_ds), args.seed, cluster.rank, cluster.world)
+    source = train_ds.source
+    if isinstance(source, JoinedSource):
+        sampler = ReplaySampler(len(source.first), len(source.second), args.replay_share,
+                                args.batch_size, args.seed, cluster.rank, cluster.world)
+    else:
+        sampler = EpochSampler(len(train_ds), args.seed, cluster.rank, cluster.world)
     if len(sampler) < 1:
         raise DatasetError(f"{len(train_ds)} training images are too few for {cluster.world} "
                            "processes")

@@ -1,5 +1,6 @@
 """The flags of ``train.py``, its presets, and the order in which they apply: defaults, then
-the preset, then the resumed run's arguments, then the flags given on the command line."""
+the preset, then the resumed run's arguments or the ``--init`` model's architecture, then the
+flags given on the command line."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 from common.errors import FlagError
 from common.options import add_hardware_options, check_minimum
 from data.dataset import AUGMENTATIONS
+from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import SplitSettings
 from data.workers import SECONDS_PER_IMAGE, STALL_SECONDS
-from models.checkpoint import load_checkpoint
+from models.bundled import model_path
+from models.checkpoint import load_checkpoint, load_model_file
 from models.unet import LEGACY_CONFIG, UNetConfig
 from models.unet_parts import NORMS
 from utils import LOSS_NAMES
@@ -33,6 +36,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU"); compiled only where compiling was measured faster.
     "cpu-budget": dict(img_size=96, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
                        lr=1e-3, ema=0.99, compile="auto"),
+    # Starting from a trained model (--init, which applies it when no preset is named): a few
+    # dozen images of a new clinic, in minutes on a CPU. The settings of the first fine-tuning
+    # runs (docs/training.md, "Fine-tuning"); not yet tuned.
+    "finetune": dict(lr=3e-4, warmup=0.05, batch_size=8, epochs=100, max_minutes=5,
+                     augment="flips", ema=0.99, replay_share=0.5),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
                          ema=0.999, official_val=True, compile="auto"),
 }
@@ -90,6 +98,11 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
                    "(built on first use, as `python scripts/prepare.py` does)")
     g.add_argument("--cache-dir", default=None, help="folder of the preparation caches (the "
                    "data folder may be read-only); None: data/cache/ of this repository")
+    g.add_argument("--replay", default=None, metavar="DIR", help="mix the training images of "
+                   "this data folder (the data the --init model was trained on, or any ISIC "
+                   "folder) into every batch, so that the model keeps what it knew")
+    g.add_argument("--replay-share", type=float, default=0.5, help="share of every batch drawn "
+                   "from --replay")
     g.add_argument("--data-timeout", type=float, default=None, help="seconds to wait for one "
                    f"batch from the worker processes before the run ends with an error (a stuck "
                    f"worker or file system); default: {STALL_SECONDS:.0f}, or "
@@ -99,6 +112,10 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
 
 def add_model_options(g: argparse._ArgumentGroup) -> None:
     defaults = UNetConfig()
+    g.add_argument("--init", default=None, metavar="MODEL", help="start from the weights of a "
+                   "model file: 'bundled', a best.pt or last.pt, or a .safetensors export; its "
+                   "architecture and image size are the run's (a flag that contradicts them is "
+                   "an error), and --preset finetune applies unless another preset is named")
     g.add_argument("--base-channels", type=int, default=defaults.base_channels,
                    help="width of the first U-Net level (64: the paper's 31 M parameters)")
     g.add_argument("--depth", type=int, default=defaults.depth,
@@ -163,17 +180,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """
     parser = build_parser()
     first = parser.parse_args(argv)
-    parser.set_defaults(**PRESETS.get(first.preset, {}))
+    preset = first.preset or ("finetune" if first.init else None)
+    parser.set_defaults(**PRESETS.get(preset, {}))
+    if first.init is not None:
+        if first.resume is not None:
+            raise FlagError("--init and --resume together: a resumed run continues from its "
+                            "own weights; leave out --init")
+        return fixed_architecture(parser, argv, initial_args(first.init),
+                                  f"the --init model ({first.init})")
     if first.resume is None:
         return parser.parse_args(argv)
-    saved = resumed_args(first.resume)
+    return fixed_architecture(parser, argv, resumed_args(first.resume),
+                              f"the resumed run ({first.resume})")
+
+
+def fixed_architecture(parser: argparse.ArgumentParser, argv: list[str] | None,
+                       saved: dict[str, Any], source: str) -> argparse.Namespace:
+    """The flags with ``saved`` as defaults, refusing an architecture flag that differs from
+    the saved model's.
+
+    Raises:
+        FlagError: naming the flag, the saved value and ``source``.
+    """
     parser.set_defaults(**saved)
     args = parser.parse_args(argv)
     for name in ARCHITECTURE_FLAGS:  # with the saved value as default, a difference is a flag
         if getattr(args, name) != saved[name]:
-            raise FlagError(f"--{name.replace('_', '-')} cannot change when resuming "
-                            f"(the checkpoint has {saved[name]})")
+            flag = f"--{name.replace('_', '-')}"
+            raise FlagError(f"{flag} {getattr(args, name)} contradicts {source}, which has "
+                            f"{saved[name]}; leave {flag} out")
     return args
+
+
+def initial_args(name: str) -> dict[str, Any]:
+    """The architecture and image size of the model file ``--init`` names.
+
+    Raises:
+        CheckpointError: the file cannot be read as a model of this project.
+        FlagError: its normalisation is not the one ``train.py`` trains with.
+    """
+    bundle = load_model_file(model_path(name))
+    if (bundle.mean, bundle.std) != (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)):
+        raise FlagError(f"--init {name}: the model normalises its input with mean {bundle.mean} "
+                        f"and std {bundle.std}, train.py with the ImageNet values; fine-tune it "
+                        "with the code that trained it")
+    config = bundle.config
+    return {"img_size": bundle.img_size, "base_channels": config.base_channels,
+            "depth": config.depth, "bilinear": config.bilinear, "norm": config.norm,
+            "deep_supervision": config.deep_supervision}
 
 
 def resumed_args(path: str) -> dict[str, Any]:
@@ -199,6 +253,7 @@ def check_args(args: argparse.Namespace) -> None:
     checks = [
         ("lr", args.lr > 0, "must be positive"),
         ("workers", args.workers is None or args.workers >= 0, "must be 0 or more"),
+        ("replay_share", 0 < args.replay_share < 1, "must be in (0, 1)"),
         ("data_timeout", args.data_timeout is None or args.data_timeout > 0,
          "must be more than 0 seconds"),
         ("warmup", 0 <= args.warmup < 1, "must be in [0, 1)"),

@@ -21,7 +21,13 @@ from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root
 from data.synthetic import is_synthetic_set
 from models import UNet, UNetConfig, build_model
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.bundled import model_path
+from models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_file,
+    save_checkpoint,
+)
 from training.distributed import Cluster
 from training.ema import ModelEMA
 from training.record import MetricsRecord
@@ -134,9 +140,13 @@ class Run:
 
 def build_run(args: argparse.Namespace, cluster: Cluster, hardware: Hardware,
               plan: Plan) -> Run:
-    """A fresh run: the U-Net on the device, its EMA, AdamW (possibly compiled, and wrapped in
-    DistributedDataParallel under torchrun) and the metrics record."""
-    model = hardware.module(build_model(model_config(args)))
+    """A fresh run: the U-Net on the device (with ``--init``, that model's weights), its EMA,
+    AdamW (possibly compiled, and wrapped in DistributedDataParallel under torchrun) and the
+    metrics record."""
+    network = build_model(model_config(args))
+    if args.init and not args.resume:  # a resumed run restores its own weights
+        network.load_state_dict(load_model_file(model_path(args.init)).build().state_dict())
+    model = hardware.module(network)
     ema = ModelEMA(model, args.ema) if args.ema else None
     module: nn.Module = model
     if cluster.world > 1:

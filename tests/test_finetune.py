@@ -1,0 +1,120 @@
+"""Starting from a trained model (``train.py --init``), replaying another data set in every batch
+(``--replay``), and the calibration a fine-tuned model keeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from common.errors import FlagError
+from data.dataset import EpochSampler, ReplaySampler
+from data.layouts import find_pairs
+from models.bundled import BUNDLED_MODEL
+from models.calibration import Calibration, fit_calibration
+from models.checkpoint import load_checkpoint, load_model_file
+from models.predictor import Predictor
+from tests.conftest import TINY_TRAIN_ARGS
+from training.options import PRESETS, parse_args
+
+
+def batches_of(sampler: EpochSampler, batch: int) -> list[list[int]]:
+    indices = [index for index, _ in sampler]
+    return [indices[i:i + batch] for i in range(0, len(indices), batch)]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_every_batch_replays_its_share_and_every_new_image_comes_once(world: int) -> None:
+    main, replay, batch = 37, 500, 8
+    samplers = [ReplaySampler(main, replay, 0.25, batch, seed=3, rank=rank, world=world)
+                for rank in range(world)]
+    seen = Counter()
+    for sampler in samplers:
+        sampler.set_epoch(1)
+        for indices in batches_of(sampler, batch):
+            assert len(indices) == batch
+            assert sum(index >= main for index in indices) == 2  # 0.25 of 8
+            seen.update(index for index in indices if index < main)
+    assert set(seen) == set(range(main))
+    # the last step is filled up with images from the start of the epoch's order
+    assert max(seen.values()) <= 2 and sum(seen.values()) == len(samplers[0]) * world * 6 // 8
+
+
+def test_replay_order_is_seeded_and_changes_with_the_epoch() -> None:
+    sampler = ReplaySampler(20, 100, 0.5, 4, seed=0)
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert first == list(sampler)
+    sampler.set_epoch(1)
+    assert [i for i, _ in sampler] != [i for i, _ in first]
+
+
+def test_replay_resumes_mid_epoch() -> None:
+    sampler = ReplaySampler(20, 100, 0.5, 4, seed=0)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start=8)
+    assert list(sampler) == whole[8:] and len(sampler) == len(whole) - 8
+
+
+def test_init_takes_the_models_architecture_and_the_finetune_preset() -> None:
+    args = parse_args(["--init", "bundled", "--data", "x"])
+    bundle = load_model_file(BUNDLED_MODEL)
+    assert args.img_size == bundle.img_size
+    assert args.base_channels == bundle.config.base_channels
+    assert args.lr == PRESETS["finetune"]["lr"] and args.max_minutes == 5
+    assert parse_args(["--init", "bundled", "--lr", "1e-4"]).lr == 1e-4  # explicit flags win
+
+
+def test_a_flag_that_contradicts_the_init_model_is_refused() -> None:
+    with pytest.raises(FlagError, match="--base-channels 64 contradicts the --init model"):
+        parse_args(["--init", "bundled", "--base-channels", "64"])
+
+
+def test_init_with_resume_is_refused(tiny_checkpoint_dir: Path) -> None:
+    with pytest.raises(FlagError, match="--init and --resume"):
+        parse_args(["--init", "bundled", "--resume", str(tiny_checkpoint_dir / "last.pt")])
+
+
+def test_init_and_replay_on_the_command_line(tiny_checkpoint_dir: Path, synthetic_root: Path,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    # With a learning rate of almost nothing the trained weights stay the initial model's: the
+    # run started from them, not from random weights.
+    out = tmp_path / "run"
+    flags = [flag for flag in TINY_TRAIN_ARGS]
+    for name in ("--img-size", "--base-channels", "--depth"):  # from the --init model
+        index = flags.index(name)
+        del flags[index:index + 2]
+    code = train.main(["--init", str(tiny_checkpoint_dir / "best.pt"), "--data",
+                       str(synthetic_root), "--replay", str(synthetic_root), "--checkpoint-dir",
+                       str(out), *flags, "--lr", "1e-12", "--ema", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"starting from {tiny_checkpoint_dir / 'best.pt'}" in printed
+    assert "replaying 24 training images" in printed and "50% of every batch" in printed
+    initial = load_checkpoint(tiny_checkpoint_dir / "best.pt")
+    tuned = load_checkpoint(out / "best.pt")
+    assert tuned["args"]["init"] == str(tiny_checkpoint_dir / "best.pt")
+    assert tuned["args"]["replay"] == str(synthetic_root)
+    for name, weight in initial["model"].items():
+        assert torch.allclose(tuned["model"][name].float(), weight.float(), atol=1e-6), name
+
+
+def test_too_few_held_out_images_keep_the_initial_quality_estimate(
+        tiny_checkpoint_dir: Path, synthetic_root: Path) -> None:
+    predictor = Predictor(tiny_checkpoint_dir / "best.pt", device="cpu")
+    pairs = find_pairs(synthetic_root, "train")
+    bundled = Calibration.from_dict(load_model_file(BUNDLED_MODEL).calibration)
+    assert bundled.quality.images > 0
+    kept, report = fit_calibration(predictor, pairs[:5], pairs[5:], "five images",
+                                   fallback=bundled)
+    assert kept.quality == bundled.quality and kept.review_below == bundled.review_below
+    assert "kept from the model the run started from" in " ".join(report.lines())
+    unfitted, _ = fit_calibration(predictor, pairs[:5], pairs[5:], "five images")
+    assert unfitted.quality.images == 0
+    assert np.isfinite(kept.temperature) and kept.temperature == unfitted.temperature
