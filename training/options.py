@@ -72,7 +72,7 @@ def build_parser(description: str = "Train a U-Net for skin-lesion segmentation.
                    help="torch.compile the training model: fused kernels, after a compilation "
                    "of about 40 s on a CPU. auto: on CUDA GPUs and on CPUs computing in bf16, "
                    "where it was measured faster, not on CPUs computing in fp32, where it was "
-                   "measured slower (README, Speed); the presets' setting. --compile alone: on")
+                   "measured slower (docs/speed.md); the presets' setting. --compile alone: on")
     g.add_argument("--no-compile", dest="compile", action="store_const", const="off",
                    help="do not compile (as --compile off)")
     g.add_argument("--dist-timeout", type=float, default=10.0, help="minutes after which a "

@@ -95,7 +95,7 @@ def should_compile(setting: str, hardware: Hardware) -> tuple[bool, str]:
     ``on`` and ``off`` decide; ``auto`` compiles where it was measured to pay: on CUDA GPUs and
     on CPUs that compute in bf16 (1.4 times the images per second of eager on an Intel Xeon
     with AMX), not on CPUs computing in fp32, where the compiled model was measured slower
-    than eager (README, "Speed").
+    than eager (docs/speed.md).
     """
     if setting != "auto":
         return setting == "on", f"--compile {setting}"
