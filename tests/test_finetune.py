@@ -18,7 +18,7 @@ from models.bundled import BUNDLED_MODEL
 from models.calibration import Calibration, fit_calibration
 from models.checkpoint import load_checkpoint, load_model_file
 from models.predictor import Predictor
-from tests.conftest import TINY_TRAIN_ARGS
+from tests.conftest import TINY_TRAIN_ARGS, load_script
 from training.options import PRESETS, parse_args
 
 
@@ -118,3 +118,24 @@ def test_too_few_held_out_images_keep_the_initial_quality_estimate(
     unfitted, _ = fit_calibration(predictor, pairs[:5], pairs[5:], "five images")
     assert unfitted.quality.images == 0
     assert np.isfinite(kept.temperature) and kept.temperature == unfitted.temperature
+
+
+def test_make_clinic_splits_and_restyles_the_images(synthetic_root: Path, tmp_path: Path) -> None:
+    import cv2
+
+    make_clinic = load_script("make_clinic")
+    out = tmp_path / "clinic"
+    assert make_clinic.main(["--source", f"{synthetic_root}:train", f"{synthetic_root}:val",
+                             "--output", str(out), "--corrections", "5"]) == 0
+    corrections, test = find_pairs(out / "corrections"), find_pairs(out / "test")
+    assert len(corrections) == 5 and len(test) == 24 + 8 - 5
+    assert not {pair.id for pair in corrections} & {pair.id for pair in test}
+    pair = corrections[0]
+    original = next(p for p in find_pairs(synthetic_root, "train") + find_pairs(
+        synthetic_root, "val") if p.id == pair.id)
+    before = cv2.imread(str(original.image)).astype(float).mean(axis=(0, 1))
+    after = cv2.imread(str(pair.image)).astype(float).mean(axis=(0, 1))
+    assert after[2] > before[2] and after[0] < after[2]  # BGR: warmer, blue held back
+    mask = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert make_clinic.main(["--source", str(synthetic_root), "--output", str(out)]) == 1
