@@ -35,8 +35,9 @@ from data.splits import data_root, training_splits
 from data.workers import end_workers, start_worker_server
 from models import count_parameters
 from models.bundled import model_path
-from models.calibration import Calibration, calibrate_file
+from models.calibration import Calibration
 from models.checkpoint import load_model_file
+from models.fitting import calibrate_file
 from models.predictor import Predictor
 from training.distributed import (
     Agreement,

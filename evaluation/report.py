@@ -19,7 +19,7 @@ from evaluation.scores import METRICS, summarize
 from models.calibration import error_of_bins
 
 if TYPE_CHECKING:
-    from evaluation.scoring import CalibrationTally
+    from evaluation.calibration_tally import CalibrationTally
 
 REPORT_FILES = ("metrics.csv", "summary.json", "jaccard_histogram.png", "worst_cases.png",
                 "risk_coverage.png")

@@ -5,7 +5,6 @@ any tool. Each gives one :class:`evaluation.report.Evaluation`."""
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,32 +16,13 @@ from tqdm import tqdm
 
 from data.dataset import ISICDataset, eval_transforms
 from data.layouts import DatasetError, Pair
+from evaluation.calibration_tally import CalibrationTally
 from evaluation.plots import WorstCases
 from evaluation.report import MEASUREMENTS, Evaluation, EvaluationSettings
 from evaluation.scores import fit_to_truth, read_scored_mask, score_masks
 from evaluation.sources import MaskFiles
 from measurements import measure
-from models.calibration import calibration_bins
 from models.predictor import Prediction, Predictor, postprocess
-
-
-class CalibrationTally:
-    """Calibration bins of the probability maps (``models.calibration.calibration_bins``)
-    summed over images, with the model's temperature and without it; safe to add to from
-    several threads."""
-
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
-        self.calibrated = self.uncalibrated = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, prediction: Prediction, truth: np.ndarray) -> None:
-        logits = torch.from_numpy(prediction.logits)
-        calibrated = calibration_bins(torch.sigmoid(logits).numpy(), truth)
-        raw = calibration_bins(torch.sigmoid(logits * self.temperature).numpy(), truth)
-        with self._lock:
-            self.calibrated = self.calibrated + calibrated
-            self.uncalibrated = self.uncalibrated + raw
 
 
 def evaluate_model(predictor: Predictor, pairs: Sequence[Pair], settings: EvaluationSettings,

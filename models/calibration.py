@@ -3,45 +3,32 @@ its probabilities mean what they say, the quality estimate of :mod:`models.quali
 quality below which a mask is flagged for review, and the dermoscopy check of
 :mod:`models.image_check`.
 
-:func:`fit_calibration` fits them: the temperature and the quality estimate on held-out images
-with experts' masks (never on the images they will be reported on), the dermoscopy check on the
-model's training images. ``scripts/calibrate.py`` runs it and writes the result into the model
-file (checkpoint, safetensors or ONNX metadata), and ``train.py`` runs it on its validation
-split when it finishes, so that every way of predicting gives the same numbers.
+:func:`models.fitting.fit_calibration` fits them: the temperature and the quality estimate on
+held-out images with experts' masks (never on the images they will be reported on), the
+dermoscopy check on the model's training images. ``scripts/calibrate.py`` runs it and writes
+the result into the model file (checkpoint, safetensors or ONNX metadata), and ``train.py``
+runs it on its validation split when it finishes, so that every way of predicting gives the
+same numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from data.imageio import read_image_reduced
-from data.layouts import Pair
-from evaluation.scores import overlap_scores, read_scored_mask
-from models.image_check import SIDE, DermoscopyCheck, fit_dermoscopy_check, image_statistics
-from models.quality import MIN_FIT_IMAGES, QualityModel, fit_quality_model, flip_features
-from models.review import review_reasons
-
-if TYPE_CHECKING:
-    from models.predictor import Predictor
+from models.image_check import DermoscopyCheck
+from models.quality import QualityModel
 
 # Review threshold of a model whose quality estimate was never fitted (the model's own expected
 # Dice, which is optimistic).
 UNFITTED_REVIEW_BELOW = 0.85
-# The review threshold flags at most this share of the held-out images.
-MAX_FLAGGED = 0.2
-JACCARD_FAILURE = 0.65  # a mask below this Jaccard index counts as a failure (the ISIC rule)
 CALIBRATION_BINS = 15
-FOLDS = 10
-# At most this many training images are read for the dermoscopy check.
-MAX_CHECK_IMAGES = 1000
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
@@ -142,187 +129,3 @@ def calibration_error(probabilities: np.ndarray, truth: np.ndarray) -> float:
         truth: bool, the same shape.
     """
     return error_of_bins(calibration_bins(probabilities, truth))
-
-
-# ---------------------------------------------------------------- fitting
-
-
-@dataclass
-class HeldOutImage:
-    """What fitting needs of one held-out image: the raw logits of the variants the quality
-    estimate reads (``models.predictor.QUALITY_FLIPS``, the first the image itself) at the
-    model's size ``(K, S, S)`` (``K`` is 1 where too few images to fit the estimate), the
-    expert's mask at the model's size and at the image's, and the image's statistics for the
-    dermoscopy check."""
-
-    logits: np.ndarray
-    truth_small: np.ndarray
-    truth: np.ndarray
-    statistics: dict[str, float]
-
-
-@dataclass
-class CalibrationReport:
-    """How the fitted calibration did on the images it was fitted on (quality: by
-    cross-validation, each image estimated by a model fitted without it)."""
-
-    images: int
-    temperature: float
-    calibration_error_before: float
-    calibration_error_after: float
-    review_below: float
-    quality_fitted: bool
-    failures: int
-    flagged: int
-    caught: int
-    other_reasons: int
-    kept_from: str = ""
-
-    def lines(self) -> list[str]:
-        calibrated = (f"calibration: temperature {self.temperature:.3f}, expected calibration "
-                      f"error {self.calibration_error_before:.4f} -> "
-                      f"{self.calibration_error_after:.4f} on {self.images} held-out images "
-                      "(model size)")
-        if self.kept_from:
-            return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
-                    f"{MIN_FIT_IMAGES} needed): kept from the model the run started from "
-                    f"({self.kept_from}), review below {self.review_below:.3f}"]
-        if not self.quality_fitted:
-            return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
-                    f"{MIN_FIT_IMAGES} needed): the model's own expected Dice, review below "
-                    f"{self.review_below:.3f}"]
-        return [calibrated, f"quality estimate fitted; review below {self.review_below:.3f} "
-                f"flags {self.flagged} of {self.images} images and {self.caught} of their "
-                f"{self.failures} failures (Jaccard < {JACCARD_FAILURE}; cross-validated); "
-                f"{self.other_reasons} images flagged for another reason (not dermoscopy, no "
-                "lesion found, lesion larger than the frame)"]
-
-
-def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
-                    fitted_on: str, *, fallback: Calibration | None = None
-                    ) -> tuple[Calibration, CalibrationReport]:
-    """Fit a model's :class:`Calibration`.
-
-    Args:
-        predictor: the model (its own calibration is ignored: everything is refitted).
-        held_out: images with experts' masks the model was not trained on.
-        training: images the model was trained on (only the images are read), for the
-            dermoscopy check.
-        fitted_on: a description of ``held_out`` and ``training`` stored with the result.
-        fallback: the calibration of the model a fine-tuning run started from: its quality
-            estimate and review threshold are kept where too few held-out images fit new ones.
-
-    Raises:
-        ValueError: no held-out or no training images.
-        MissingFileError, CorruptFileError: an image or mask cannot be read.
-    """
-    if not held_out or not training:
-        raise ValueError("calibration needs held-out and training images")
-    # The mirror image only serves the quality estimate, which needs MIN_FIT_IMAGES images: a
-    # short run's calibration reads each image once.
-    variants = 2 if len(held_out) >= MIN_FIT_IMAGES else 1
-    images = [held_out_image(predictor, pair, variants) for pair in held_out]
-    identity = np.stack([image.logits[0] for image in images])
-    truth_small = np.stack([image.truth_small for image in images])
-    temperature = fit_temperature(identity, truth_small)
-    dermoscopy = fit_dermoscopy_check(training_statistics(training))
-    signals, dice, jaccard, other_reasons = [], [], [], []
-    for image in images:
-        probabilities = torch.sigmoid(torch.from_numpy(image.logits / temperature)).numpy()
-        signals.append(flip_features(probabilities, predictor.threshold))
-        mask = predictor.full_size_mask(torch.from_numpy(image.logits[0] / temperature),
-                                        image.truth.shape)
-        scores = overlap_scores(mask, image.truth)
-        dice.append(scores["dice"])
-        jaccard.append(scores["jaccard"])
-        other_reasons.append(bool(review_reasons(
-            mask, None, 0.0, not dermoscopy.failures(image.statistics))))
-    quality = fit_quality_model(signals, dice)
-    estimates = cross_validated_estimates(signals, dice)
-    failures = np.asarray(jaccard) < JACCARD_FAILURE
-    review_below = (review_threshold(estimates, failures) if quality.images
-                    else UNFITTED_REVIEW_BELOW)
-    kept_from = ""
-    if not quality.images and fallback is not None and fallback.quality.images:
-        quality, review_below = fallback.quality, fallback.review_below
-        kept_from = fallback.fitted_on or "its calibration"
-    if kept_from:
-        fitted_on += "; quality estimate and review threshold kept from the initial model"
-    calibration = Calibration(temperature, quality, review_below, dermoscopy, fitted_on)
-    flagged = estimates < review_below
-    report = CalibrationReport(
-        len(images), temperature,
-        calibration_error(torch.sigmoid(torch.from_numpy(identity)).numpy(), truth_small),
-        calibration_error(torch.sigmoid(torch.from_numpy(identity / temperature)).numpy(),
-                          truth_small),
-        review_below, bool(quality.images), int(failures.sum()), int(flagged.sum()),
-        int((flagged & failures).sum()), int(np.sum(other_reasons)), kept_from)
-    return calibration, report
-
-
-def calibrate_file(predictor: Predictor, held_out: Sequence[Pair], training: Sequence[Pair],
-                   fitted_on: str, *, fallback: Calibration | None = None) -> CalibrationReport:
-    """Fit the calibration of the predictor's model (:func:`fit_calibration`) and store it in
-    its file, ``predictor.checkpoint_path`` (:func:`models.checkpoint.write_calibration`).
-
-    Raises:
-        CheckpointError: the model file cannot be written back as a model of this project.
-        ValueError, MissingFileError, CorruptFileError: as :func:`fit_calibration`.
-    """
-    from models.checkpoint import write_calibration
-
-    calibration, report = fit_calibration(predictor, held_out, training, fitted_on,
-                                          fallback=fallback)
-    write_calibration(predictor.checkpoint_path, calibration.to_dict())
-    return report
-
-
-def held_out_image(predictor: Predictor, pair: Pair, variants: int) -> HeldOutImage:
-    """The raw logits of ``pair.image`` and (``variants`` 2) its mirror image, and its
-    expert's mask at both sizes."""
-    from models.predictor import QUALITY_FLIPS
-
-    loaded = predictor.read(pair.image)
-    logits = predictor.flip_logits(loaded.tensor[None], QUALITY_FLIPS[:variants])[0].numpy()
-    truth = read_scored_mask(pair.mask)
-    size = predictor.img_size
-    small = cv2.resize(truth.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return HeldOutImage(logits, small > 0.5, truth, loaded.statistics)
-
-
-def cross_validated_estimates(signals: Sequence[Mapping[str, float]],
-                              dice: Sequence[float]) -> np.ndarray:
-    """Each image's quality estimate from a model fitted on the other folds (seeded
-    :data:`FOLDS`-fold split)."""
-    order = np.random.default_rng(0).permutation(len(signals))
-    estimates = np.zeros(len(signals))
-    for fold in np.array_split(order, FOLDS):
-        rest = np.setdiff1d(order, fold)
-        model = fit_quality_model([signals[i] for i in rest], [dice[i] for i in rest])
-        for i in fold:
-            estimates[i] = model.estimate(signals[i], empty=signals[i]["area"] == 0)
-    return estimates
-
-
-def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
-    """The quality threshold that best separates failures from the rest on held-out images:
-    the largest share of failures caught minus the share of all images flagged, flagging at
-    most :data:`MAX_FLAGGED` of the images for low quality."""
-    best, best_gain = 0.0, -math.inf
-    for threshold in np.unique(estimates):
-        flagged = estimates < threshold
-        if flagged.mean() > MAX_FLAGGED:
-            break
-        caught = (flagged & failures).sum() / max(failures.sum(), 1)
-        if caught - flagged.mean() > best_gain:
-            best, best_gain = float(threshold), caught - flagged.mean()
-    return best
-
-
-def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
-    """:func:`models.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES` training
-    images (a seeded sample)."""
-    pick = np.random.default_rng(0).permutation(len(training))[:MAX_CHECK_IMAGES]
-    return [image_statistics(read_image_reduced(training[i].image, SIDE)[0])
-            for i in sorted(pick)]
-

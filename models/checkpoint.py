@@ -335,29 +335,13 @@ def dequantize_int8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return weights
 
 
-def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
-    """Store a model's calibration (``models.calibration.Calibration.to_dict``) in its file,
-    leaving the weights and everything else as they are: a training checkpoint's entry, a
-    safetensors or ONNX file's metadata. Atomic, as every write of a model file here.
+def update_safetensors_metadata(path: Path, updates: dict[str, str]) -> None:
+    """Set metadata entries of a ``.safetensors`` model of this project (atomically), the
+    tensors unchanged.
 
     Raises:
-        CheckpointError: the file cannot be read as a model of this project.
+        CheckpointError: the file is not a model of this project.
     """
-    path = Path(path)
-    if path.suffix == ".onnx":
-        from models.onnx_model import update_metadata
-
-        update_metadata(path, {CALIBRATION_KEY: json.dumps(calibration)})
-    elif path.suffix == SAFETENSORS_SUFFIX:
-        _update_safetensors_metadata(path, {CALIBRATION_KEY: json.dumps(calibration)})
-    else:
-        payload = load_checkpoint(path)
-        payload.pop("format"), payload.pop("version")
-        save_checkpoint({**payload, CALIBRATION_KEY: calibration}, path)
-    return path
-
-
-def _update_safetensors_metadata(path: Path, updates: dict[str, str]) -> None:
     from safetensors import safe_open
     from safetensors.torch import save
 

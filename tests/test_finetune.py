@@ -15,8 +15,9 @@ from common.errors import FlagError
 from data.dataset import EpochSampler, ReplaySampler
 from data.layouts import find_pairs
 from models.bundled import BUNDLED_MODEL
-from models.calibration import Calibration, fit_calibration
+from models.calibration import Calibration
 from models.checkpoint import load_checkpoint, load_model_file
+from models.fitting import fit_calibration
 from models.predictor import Predictor
 from tests.conftest import TINY_TRAIN_ARGS, load_script
 from training.options import PRESETS, parse_args

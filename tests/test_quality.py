@@ -22,9 +22,9 @@ from models.calibration import (
     Calibration,
     calibration_error,
     fit_temperature,
-    review_threshold,
 )
 from models.checkpoint import load_model_file
+from models.fitting import review_threshold
 from models.image_check import STATISTICS, DermoscopyCheck, fit_dermoscopy_check, image_statistics
 from models.predictor import Predictor
 from models.quality import (
