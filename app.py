@@ -144,15 +144,19 @@ def serve(args: argparse.Namespace) -> int:
         predictor = load_predictor(args)
         page = build_page(predictor)
         stop_on_sigterm()
-        _, local_url, share_url = page.launch(
-            server_name=args.host, server_port=args.port, share=args.share,
-            prevent_thread_lock=True, quiet=True, show_error=True, max_file_size=MAX_UPLOAD)
-        print(f"the page is at {local_url} (ready {time.perf_counter() - STARTED:.1f} s after "
-              "start); open it in a web browser, Ctrl-C stops it", flush=True)
-        if share_url:
-            print(f"public link: {share_url}", flush=True)
-        page.block_thread()
-        page.close(verbose=False)
+        try:
+            _, local_url, share_url = page.launch(
+                server_name=args.host, server_port=args.port, share=args.share,
+                prevent_thread_lock=True, quiet=True, show_error=True, max_file_size=MAX_UPLOAD)
+            print(f"the page is at {local_url} (ready {time.perf_counter() - STARTED:.1f} s "
+                  "after start); open it in a web browser, Ctrl-C stops it", flush=True)
+            if share_url:
+                print(f"public link: {share_url}", flush=True)
+            page.block_thread()
+        except KeyboardInterrupt:
+            pass  # a stop that came before Gradio's own wait, which catches the later ones
+        finally:
+            page.close(verbose=False)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Run the README's Quick start as a new user does: from a clean copy of the repository, every
 command as written and in order, each under a time limit.
 
-A command that serves (``python app.py``) is started, must answer HTTP 200 at the address its
+Each command runs in a shell of its own, with the clone's ``.venv`` activated once a command
+has created it, as a user's terminal has it after the Quick start's ``source`` line. A command
+that serves (``python app.py``) is started, must answer HTTP 200 at the address its
 comment names, and must stop on SIGTERM with exit status 0. Every other command must exit 0, and
 the paths its comment names (``results/...``, ``models/checkpoints/...``) must exist after it.
 ``lesion.jpg``, the user's own photo, is an ISIC photo where the project's sample data lies
@@ -85,10 +87,16 @@ def named_paths(comment: str) -> list[str]:
             if "/" in word and "://" not in word]
 
 
-def user_environment() -> dict[str, str]:
-    """The environment with this interpreter's ``python`` and ``pip`` first on PATH."""
+def user_environment(folder: Path) -> dict[str, str]:
+    """The environment of the user's terminal: the clone's ``.venv`` activated once a command
+    created it (each command runs in a shell of its own, so ``source .venv/bin/activate``
+    does not last), else this interpreter's ``python`` and ``pip`` first on PATH."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    venv = folder / ".venv"
+    bin_dir = venv / "bin" if (venv / "bin" / "python").exists() else Path(sys.executable).parent
+    if bin_dir.parent == venv:
+        env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
@@ -96,7 +104,7 @@ def run_command(command: str, comment: str, folder: Path) -> None:
     """Run one command to its end and check what its comment promises."""
     started = time.perf_counter()
     try:
-        done = subprocess.run(["bash", "-c", command], cwd=folder, env=user_environment(),
+        done = subprocess.run(["bash", "-c", command], cwd=folder, env=user_environment(folder),
                               capture_output=True, text=True, timeout=COMMAND_SECONDS)
     except subprocess.TimeoutExpired:
         raise QuickstartFailed(f"`{command}` did not finish in {COMMAND_SECONDS} s") from None
@@ -114,7 +122,7 @@ def serve_command(command: str, url: str, folder: Path) -> None:
     started = time.perf_counter()
     log = folder / "serve.log"
     with log.open("w") as out:
-        server = subprocess.Popen(shlex.split(command), cwd=folder, env=user_environment(),
+        server = subprocess.Popen(shlex.split(command), cwd=folder, env=user_environment(folder),
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_page(server, url, log)

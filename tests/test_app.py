@@ -366,3 +366,21 @@ def test_shown_images_are_scaled_down_never_up():
     assert app.display_size(7000, 10000) == (1024, 717)
     assert app.display_size(3000, 2000) == (683, 1024)
     assert app.display_size(48, 64) == (64, 48)
+
+
+def test_a_stop_before_the_page_waits_ends_cleanly(checkpoint: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGTERM (a KeyboardInterrupt here) that lands between the launch and Gradio's own wait,
+    # as it does when the page is stopped the moment it answers: exit 0, nothing left behind.
+    import gradio
+
+    def stopped(self: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradio.Blocks, "block_thread", stopped)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for name in [*app.OFFLINE, "GRADIO_TEMP_DIR"]:  # app.main sets them: restored afterwards
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    port = free_port()
+    assert app.main(["--checkpoint", str(checkpoint), "--port", str(port)]) == 0
+    assert not list(tmp_path.glob("isic-app-*")) and not answers(f"http://127.0.0.1:{port}")
