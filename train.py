@@ -105,7 +105,8 @@ def train(args: argparse.Namespace) -> Outcome:
         replay = replay_pairs(args)
         try:
             with stop.waiting():  # building the preparation cache can be stopped at once
-                datasets = build_datasets(args, root, train_pairs, val_pairs, cluster)
+                datasets = build_datasets(args, root, train_pairs, val_pairs, cluster,
+                                          replay)
         except StopDuringWait:
             return Outcome(status=stop.exit_status(), message=f"stopped by {stop.name()} "
                            "while preparing the data; nothing was trained")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from torch.utils.data import DataLoader, Subset
@@ -39,13 +39,13 @@ def replay_pairs(args: argparse.Namespace) -> list[Pair]:
 
 
 def build_datasets(args: argparse.Namespace, root: Path, train_pairs: list[Pair],
-                   val_pairs: list[Pair], cluster: Cluster) -> tuple[ISICDataset, ISICDataset]:
+                   val_pairs: list[Pair], cluster: Cluster, replay: Sequence[Pair] = ()
+                   ) -> tuple[ISICDataset, ISICDataset]:
     """Training and validation datasets, read from the preparation cache unless --no-cache;
-    rank 0 builds what is missing while the others wait. With ``--replay`` the training
-    dataset is a :class:`data.dataset.JoinedSource` of ``train_pairs`` and
-    :func:`replay_pairs`, in that order."""
+    rank 0 builds what is missing while the others wait. With ``replay`` (the
+    :func:`replay_pairs` of ``--replay``) the training dataset is a
+    :class:`data.dataset.JoinedSource` of ``train_pairs`` and ``replay``, in that order."""
     splits = ("train", "val") if args.official_val else ("train",)
-    replay = replay_pairs(args)
     train_source = FileSource(train_pairs, args.img_size)
     val_source = FileSource(val_pairs, args.img_size)
     replay_source = FileSource(replay, args.img_size)
