@@ -29,48 +29,22 @@ from typing import TYPE_CHECKING, Any
 from common.errors import FlagError, MissingFileError, run_script
 from common.options import add_hardware_options
 from data.layouts import IMAGE_EXTENSIONS, find_images
+from inference.outputs import (
+    OUTPUT_SUFFIXES,
+    PREDICTIONS_CSV,
+    failed_row,
+    prediction_row,
+    write_predictions_csv,
+)
 
 if TYPE_CHECKING:
     from models.predictor import Prediction, Predictor
 
 DEFAULT_OUTPUT = "results"
-OUTPUT_SUFFIXES = ("_segmentation.png", "_probability.png", "_overlay.jpg")
 JPEG_QUALITY = 90
 # The public API, re-exported from models/predictor.py.
 API = ("Predictor", "Prediction", "postprocess", "draw_contour", "draw_prediction",
        "describe_prediction")
-PREDICTIONS_CSV = "predictions.csv"
-# The first columns of predictions.csv; the lesion's measurements follow
-# (measurements.MEASUREMENT_COLUMNS).
-ROW_COLUMNS = ("image", "width", "height", "lesion_share", "quality", "review", "reason")
-
-
-def prediction_row(image_name: str, prediction: Prediction) -> dict[str, Any]:
-    """The row of ``predictions.csv`` for one image: its file name, size, the lesion's share of
-    the image (in ``[0, 1]``), the quality estimate, the review flag (``yes``/``no``) and its
-    reason, and the lesion's measurements (:meth:`measurements.LesionMeasurements.as_row`)."""
-    height, width = prediction.mask.shape
-    return {"image": image_name, "width": width, "height": height,
-            "lesion_share": round(float(prediction.mask.mean()), 6),
-            **prediction.review_columns(), **prediction.measurements.as_row()}
-
-
-def failed_row(image_name: str, error: BaseException | str) -> dict[str, Any]:
-    """The row of an image that could not be read or written: flagged, with the error."""
-    return {"image": image_name, "review": "yes", "reason": f"unreadable: {error}"}
-
-
-def write_predictions_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """``predictions.csv``: one row per image, columns :data:`ROW_COLUMNS` and the
-    measurements' (empty where unknown)."""
-    import csv
-
-    from measurements import MEASUREMENT_COLUMNS
-
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*ROW_COLUMNS, *MEASUREMENT_COLUMNS], restval="")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def __getattr__(name: str) -> Any:
@@ -212,12 +186,12 @@ def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace
     """``<stem>_segmentation.png`` (0/255, the image's size) and the optional outputs; returns
     the image's row of ``predictions.csv``."""
     import cv2
-    import numpy as np
+
+    from data.imageio import write_image, write_mask
 
     out_dir = Path(args.output)
     # Encoded arrays are passed as temporaries, freed before the next is made.
-    write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[0]}",
-                prediction.mask.view(np.uint8) * np.uint8(255), mask_png_options())
+    write_mask(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[0]}", prediction.mask)
     if args.save_probabilities:
         write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[1]}",
                     cv2.convertScaleAbs(prediction.probabilities, alpha=255))
@@ -231,28 +205,6 @@ def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace
         write_image(out_dir / f"{path.stem}{OUTPUT_SUFFIXES[2]}", image,
                     (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
     return prediction_row(path.name, prediction)
-
-
-def mask_png_options() -> list[int]:
-    """PNG settings for a 0/255 mask: no row filter and run-length deflate (3 times faster
-    than OpenCV's defaults and smaller); OpenCV before 4.10 knows no filter setting."""
-    import cv2
-
-    options = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-               cv2.IMWRITE_PNG_STRATEGY_RLE]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
-        options += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-    return options
-
-
-def write_image(path: Path, array: Any, params: Sequence[int] = ()) -> None:
-    """Encode ``array`` (gray or BGR uint8) by ``path``'s extension and write it."""
-    import cv2
-
-    ok, buffer = cv2.imencode(path.suffix, array, list(params))
-    if not ok:
-        raise OSError(f"OpenCV could not encode {path}")
-    path.write_bytes(buffer.tobytes())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,11 +26,15 @@ from PIL import Image
 import app
 import predict
 from predict import PREDICTIONS_CSV, Predictor, prediction_row
+from web import page as web_page
+from web import segment as web_segment
+from web import table as web_table
+from web import views as web_views
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 90
 # The page's endpoint, as the README shows it.
-API_NAME = f"/{app.API_NAME}"
+API_NAME = f"/{web_page.API_NAME}"
 # No telemetry from gradio_client either (it honours these, not its own flag alone).
 CLIENT_OFFLINE = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -225,7 +229,7 @@ def test_new_columns_of_prediction_row_appear_in_the_table():
     rows = [{"image": "a_b.jpg", "width": 4, "lesion_share": 0.123456, "needs_review": True},
             {"image": "c|d.jpg", "width": 5, "lesion_share": 0.5, "quality": None,
              "diameter_mm": 6.25}]
-    table = app.markdown_table(rows).splitlines()
+    table = web_table.markdown_table(rows).splitlines()
     assert table[0] == r"| | a_b.jpg | c\|d.jpg |"
     assert table[2:] == ["| width | 4 | 5 |", "| lesion share | 0.1235 | 0.5 |",
                          "| needs review | yes |  |", "| quality |  |  |",
@@ -295,7 +299,7 @@ def test_a_file_of_another_type_is_refused_with_a_message(client, photos, tmp_pa
 
 def test_no_photo_is_an_empty_answer(client):
     answer = Answer(*client.predict(photos=[], api_name=API_NAME))
-    assert answer.summary == app.NO_PHOTO and answer.masks == [] and answer.table is None
+    assert answer.summary == web_segment.NO_PHOTO and answer.masks == [] and answer.table is None
 
 
 def test_a_10000x7000_photo_gets_a_full_size_mask_and_small_views(client, tmp_path):
@@ -321,8 +325,8 @@ def test_the_page_names_its_model_and_what_it_is_not(server, checkpoint):
     assert str(checkpoint) in config
     from models.bundled import BUNDLED_MODEL
 
-    assert "the bundled ISIC model" in app.model_words(BUNDLED_MODEL)
-    card = app.model_card(BUNDLED_MODEL)
+    assert "the bundled ISIC model" in web_page.model_words(BUNDLED_MODEL)
+    card = web_page.model_card(BUNDLED_MODEL)
     assert "not a diagnostic device" in card and "](image-ids.txt)" not in card
 
 
@@ -363,9 +367,9 @@ def test_help_answers_without_importing_pytorch_or_gradio() -> None:
 
 
 def test_shown_images_are_scaled_down_never_up():
-    assert app.display_size(7000, 10000) == (1024, 717)
-    assert app.display_size(3000, 2000) == (683, 1024)
-    assert app.display_size(48, 64) == (64, 48)
+    assert web_views.display_size(7000, 10000) == (1024, 717)
+    assert web_views.display_size(3000, 2000) == (683, 1024)
+    assert web_views.display_size(48, 64) == (64, 48)
 
 
 def test_a_stop_before_the_page_waits_ends_cleanly(checkpoint: Path, tmp_path: Path,

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import cv2
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,110 @@ def test_a_browser_uploads_a_photo_and_sees_the_outline(tiny_checkpoint_dir, syn
         assert page.get_by_text("Not a diagnostic device").is_visible()
         assert f"{photo.stem}_segmentation" in page.locator("#masks").inner_text()
     # The page needs nothing from the internet: fonts, scripts and styles come from the app.
+    hosts = {urlparse(url).hostname for url in requests if url.startswith("http")}
+    assert hosts == {"127.0.0.1"}, sorted(hosts)
+
+
+# --------------------------------------------------------------------------- the review mode
+
+
+def zoomed_photo_box(page: Any, shown: tuple[int, int]) -> tuple[float, float, float]:
+    """Where the editor draws the shown photo of ``shown`` ``(width, height)`` pixels: the
+    screen position of its top-left corner and the zoom (screen pixels per photo pixel). The
+    editor centres the photo in its canvas and writes its zoom, as "135%", in its top bar."""
+    canvas = page.locator("#review-editor canvas").first.bounding_box()
+    zoom = float(page.locator("#review-editor").get_by_text("%").first.inner_text()
+                 .strip().rstrip("%")) / 100
+    left = canvas["x"] + canvas["width"] / 2 - shown[0] * zoom / 2
+    top = canvas["y"] + canvas["height"] / 2 - shown[1] * zoom / 2
+    return left, top, zoom
+
+
+def drag(page: Any, points: list[tuple[float, float]]) -> None:
+    """Press the mouse at the first point, move through the others, release."""
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=4)
+    page.mouse.up()
+
+
+def test_a_drawn_stroke_and_an_erased_patch_are_saved_at_the_photos_full_size(
+        tiny_checkpoint_dir, tmp_path):
+    """Review two photos, paint a band and erase across it on the first, save it, save the
+    second unchanged, and be refused a silent overwrite."""
+    from data.synthetic import render_sample
+    from predict import Predictor
+    from tests.test_app import running_app
+    from web.views import display_size
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, seed in (("ISIC_0000001", 1), ("ISIC_0000002", 2)):
+        image, _ = render_sample(np.random.default_rng(seed), 1000, 1500)
+        cv2.imwrite(str(photos / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    corrections = tmp_path / "corrections"
+    shown = display_size(1000, 1500)
+    with running_app("--checkpoint", str(tiny_checkpoint_dir / "best.pt"), "--device", "cpu",
+                     "--corrections", str(corrections), workdir=tmp_path / "app") as server, \
+            chromium_page(tmp_path / "profile") as page:
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(server.url)
+        page.get_by_role("tab", name="Review and correct").click()
+        page.locator("#review-photos input[type=file]").set_input_files(
+            sorted(str(path) for path in photos.iterdir()))
+        page.locator("#review-start").click()
+        page.locator("#review-list input").wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => document.querySelector('#review-list input').value.includes('ISIC_')",
+            timeout=RESULT_TIMEOUT_MS)
+        first = page.locator("#review-list input").input_value().split(" ")[0]
+        page.locator("#review-editor").get_by_text("%").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.wait_for_timeout(1000)  # the photo and its layer drawn
+        page.locator("#review-editor").scroll_into_view_if_needed()
+        left, top, zoom = zoomed_photo_box(page, shown)
+
+        def at(x: float, y: float) -> tuple[float, float]:  # shares of the photo -> screen
+            return left + x * shown[0] * zoom, top + y * shown[1] * zoom
+
+        page.get_by_role("button", name="Brush", exact=True).click()
+        drag(page, [at(0.25, 0.8), at(0.5, 0.8), at(0.75, 0.8)])
+        page.get_by_role("button", name="Erase", exact=True).click()
+        drag(page, [at(0.5, 0.65), at(0.5, 0.8), at(0.5, 0.95)])
+        page.locator("#review-save").click()
+        status = page.locator("#review-status")
+        status.get_by_text("1 correction saved").wait_for(timeout=RESULT_TIMEOUT_MS)
+
+        page.locator("#review-save").click()  # again, without "Replace"
+        page.get_by_text("is saved in").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        saved_first = (corrections / "masks" / f"{Path(first).stem}_segmentation.png")
+        before = saved_first.read_bytes()
+
+        page.locator("#review-list input").click()
+        page.get_by_role("option").filter(has_not_text=first).first.click()
+        page.wait_for_timeout(1000)
+        page.locator("#review-save").click()
+        status.get_by_text("2 corrections saved").wait_for(timeout=RESULT_TIMEOUT_MS)
+
+    assert saved_first.read_bytes() == before  # the refused save wrote nothing
+    mask = cv2.imread(str(saved_first), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (1000, 1500) and set(np.unique(mask)) <= {0, 255}
+    # Pixels whose shown value was not changed keep the full-size prediction, which the tiny
+    # model leaves speckled below the shown size: hence shares, not every pixel.
+    band = mask[796:805] == 255  # the middle of the painted band, at 80 % of the height
+    assert band[:, 450:700].mean() > 0.98 and band[:, 820:1050].mean() > 0.98
+    assert band[:, 740:761].mean() < 0.02  # the erased patch across it
+    predicted = Predictor(tiny_checkpoint_dir / "best.pt", device="cpu")
+    second = photos / "ISIC_0000002.jpg" if "0000001" in first else photos / "ISIC_0000001.jpg"
+    unchanged = cv2.imread(str(corrections / "masks" / f"{second.stem}_segmentation.png"),
+                           cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(unchanged > 0, predicted.predict_file(second).mask)
+    assert not np.array_equal(mask > 0, predicted.predict_file(photos / first).mask)
+    images = sorted(path.name for path in (corrections / "images").iterdir())
+    assert images == ["ISIC_0000001.jpg", "ISIC_0000002.jpg"]
+    for name in images:
+        assert (corrections / "images" / name).read_bytes() == (photos / name).read_bytes()
     hosts = {urlparse(url).hostname for url in requests if url.startswith("http")}
     assert hosts == {"127.0.0.1"}, sorted(hosts)
 

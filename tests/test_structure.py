@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "data", "models", "evaluation", "training")
+PACKAGES = ("common", "data", "models", "inference", "evaluation", "training", "web")
 
 
 def module_files() -> dict[str, Path]:
