@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import FlagError, run_script
 from common.options import add_hardware_options
-from predict import add_checkpoint_option
+from inference.settings import add_checkpoint_option
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
 
 STARTED = time.perf_counter()
 DEFAULT_PORT = 7860
@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
 
     Raises:
         PortError: ``--port`` is out of range or taken.
-        CheckpointError, FlagError: see :class:`models.predictor.Predictor`.
+        CheckpointError, FlagError: see :class:`inference.predictor.Predictor`.
     """
     check_port(args.host, args.port)
     with tempfile.TemporaryDirectory(prefix="isic-app-") as workspace:
@@ -162,8 +162,8 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
     first photo does not wait for the kernels' set-up."""
     import numpy as np
 
+    from inference.predictor import Predictor
     from models.bundled import describe_model
-    from models.predictor import Predictor
 
     predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision)
     print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)

@@ -6,7 +6,7 @@
     model = torch.hub.load("path/to/a/clone", "unet_isic", source="local")
 
 ``unet`` is an untrained U-Net, ``unet_isic`` the bundled ISIC weights (an ``nn.Module`` in eval
-mode), ``isic_predictor`` a ready :class:`models.predictor.Predictor` on them. Nothing is
+mode), ``isic_predictor`` a ready :class:`inference.predictor.Predictor` on them. Nothing is
 downloaded but the repository itself: the weights ship inside it (``models/pretrained/``).
 """
 
@@ -49,15 +49,15 @@ def unet_isic():
 
 
 def isic_predictor(**options: Any):
-    """A :class:`models.predictor.Predictor` on the bundled ISIC weights; keyword arguments as
+    """A :class:`inference.predictor.Predictor` on the bundled ISIC weights; keyword arguments as
     the Predictor's (``tta=True``, ``device="cuda"``, ``threshold=0.4``, ...).
 
     ``predictor.predict(rgb_uint8_image)`` or ``predictor.predict_file("lesion.jpg")`` give a
-    :class:`models.predictor.Prediction` at the image's size: ``.mask``, ``.probabilities``
+    :class:`inference.predictor.Prediction` at the image's size: ``.mask``, ``.probabilities``
     (calibrated), ``.quality`` (the estimated Dice), ``.review`` and ``.reason`` (the review
     flag), ``.measurements`` (the lesion's size, diameters, asymmetry, border, colours).
     """
+    from inference.predictor import Predictor
     from models.bundled import BUNDLED_MODEL
-    from models.predictor import Predictor
 
     return Predictor(BUNDLED_MODEL, **options)

@@ -11,24 +11,21 @@ train.py, or an exported ``.safetensors`` or ``.onnx``), else ``models/checkpoin
 when you have trained one, else the ISIC model bundled in ``models/pretrained/``.
 
 From Python, ``from predict import Predictor`` (the API the notebook, torch.hub and the
-evaluation use; it lives in ``models/predictor.py`` and is imported on first use, so that
+evaluation use; it lives in ``inference/predictor.py`` and is imported on first use, so that
 ``--help`` does not wait for PyTorch).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import FlagError, MissingFileError, run_script
-from common.options import add_hardware_options
-from data.layouts import IMAGE_EXTENSIONS, find_images
+from common.errors import FlagError, run_script
+from data.layouts import IMAGE_EXTENSIONS
+from inference.inputs import collect_inputs
 from inference.outputs import (
     OUTPUT_SUFFIXES,
     PREDICTIONS_CSV,
@@ -36,20 +33,21 @@ from inference.outputs import (
     prediction_row,
     write_predictions_csv,
 )
+from inference.settings import PredictionSettings, add_checkpoint_option, add_prediction_options
 
 if TYPE_CHECKING:
-    from models.predictor import Prediction, Predictor
+    from inference.predictor import Prediction
 
 DEFAULT_OUTPUT = "results"
 JPEG_QUALITY = 90
-# The public API, re-exported from models/predictor.py.
+# The public API, re-exported from inference/predictor.py.
 API = ("Predictor", "Prediction", "postprocess", "draw_contour", "draw_prediction",
        "describe_prediction")
 
 
 def __getattr__(name: str) -> Any:
     if name in API:
-        from models import predictor
+        from inference import predictor
 
         return getattr(predictor, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -75,105 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_checkpoint_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--checkpoint``, the model file, as predict.py and app.py take it."""
-    parser.add_argument("--checkpoint", default=None,
-                        help="best.pt of train.py, or an exported .safetensors or .onnx "
-                        "(default: models/checkpoints/best.pt if you trained one on real "
-                        "images, else the bundled ISIC model)")
-
-
-def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The :class:`Predictor` options, shared by predict.py and scripts/evaluate.py."""
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="lesion probability threshold in (0, 1) (default: the checkpoint's)")
-    parser.add_argument("--tta", action="store_true",
-                        help="average the probabilities over horizontal and vertical flips")
-    parser.add_argument("--keep-largest", action="store_true",
-                        help="keep only the largest connected lesion region")
-    parser.add_argument("--fill-holes", action="store_true",
-                        help="fill holes inside the lesion")
-    add_hardware_options(parser)
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="images per forward pass, after resizing to the model's size "
-                        "(default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="threads that decode the next images and finish (resize, write) "
-                        "the last ones while the model runs; each holds one full-size "
-                        "prediction (default: min(4, cores) = %(default)s)")
-    parser.add_argument("--full-decode", action="store_true",
-                        help="decode large JPEGs in full instead of at the decoder's 1/2, 1/4 "
-                        "or 1/8 scale (slower; masks differ only along the border)")
-    parser.add_argument("--no-quality", dest="quality", action="store_false",
-                        help="do not estimate each mask's quality (which runs the model on the "
-                        "image's four flips, as --tta does)")
-    parser.add_argument("--review-below", type=float, default=None,
-                        help="flag masks whose estimated quality (Dice) is below this for "
-                        "review (default: the model's, chosen on held-out images)")
-    parser.add_argument("--mm-per-pixel", type=float, default=None,
-                        help="pixel size in millimetres for the measurements in mm (default: "
-                        "a believable resolution tag of the image file, else pixels only)")
-
-
-def predictor_from_args(args: argparse.Namespace) -> Predictor:
-    """The :class:`Predictor` of the options :func:`add_prediction_options` defines."""
-    from models.predictor import Predictor
-
-    return Predictor(args.checkpoint, device=args.device, threshold=args.threshold,
-                     tta=args.tta, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-                     batch_size=args.batch_size, precision=args.precision,
-                     workers=args.workers, full_decode=args.full_decode, quality=args.quality,
-                     review_below=args.review_below, mm_per_pixel=args.mm_per_pixel)
-
-
-def collect_inputs(patterns: Sequence[str], flag: str = "--input") -> list[Path]:
-    """Image files named by files, folders and glob patterns, in order, without duplicates
-    (``flag``: the option that named them, for the errors).
-
-    Raises:
-        MissingFileError: a pattern matches nothing, or a folder holds no image.
-        FlagError: two inputs share a stem, so their masks would overwrite each other.
-    """
-    paths: dict[Path, None] = {}  # an ordered set
-    for pattern in patterns:
-        matches = _expand(pattern)
-        if not matches:
-            raise MissingFileError(f"{flag} {pattern} matches no image file "
-                                    f"({', '.join(IMAGE_EXTENSIONS)})")
-        paths.update(dict.fromkeys(path.resolve() for path in matches))
-    _check_unique_stems(list(paths))
-    return list(paths)
-
-
-def is_output(path: Path) -> bool:
-    """Whether ``path`` is named like a file this script writes (or an ISIC mask)."""
-    return path.name.endswith(OUTPUT_SUFFIXES)
-
-
-def _expand(pattern: str) -> list[Path]:
-    path = Path(pattern)
-    if path.is_dir():
-        # Masks and outputs of a previous run in the folder (--output may be the input folder)
-        # are no images to predict.
-        return [image for image in find_images(path) if not is_output(image)]
-    if path.exists():
-        return [path]  # named explicitly: taken whatever its extension
-    # A pattern keeps only image files, as a folder does; folders it matches are listed.
-    return [image for match in sorted(glob.glob(pattern, recursive=True))
-            for image in _expand(match)
-            if image.suffix.lower() in IMAGE_EXTENSIONS and not is_output(image)]
-
-
-def _check_unique_stems(paths: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in seen:
-            raise FlagError(f"{seen[path.stem]} and {path} would both write "
-                             f"{path.stem}_segmentation.png; predict them into different "
-                             "--output folders")
-        seen[path.stem] = path
-
-
 def check_output_folder(folder: Path) -> None:
     """Raises :class:`FlagError` when ``--output`` names something that is not a folder."""
     if folder.exists() and not folder.is_dir():
@@ -197,7 +96,7 @@ def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace
                     cv2.convertScaleAbs(prediction.probabilities, alpha=255))
     if args.overlay:
         from data.imageio import read_image_bgr
-        from models.predictor import draw_prediction
+        from inference.predictor import draw_prediction
 
         # Decoded in full only here, and not kept.
         image = read_image_bgr(path)
@@ -210,11 +109,12 @@ def write_outputs(path: Path, prediction: Prediction, args: argparse.Namespace
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from inference.predictor import Predictor
     from models.bundled import describe_model
 
     paths = collect_inputs(args.input)
     check_output_folder(Path(args.output))
-    predictor = predictor_from_args(args)
+    predictor = Predictor(args.checkpoint, PredictionSettings.from_args(args))
     print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

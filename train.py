@@ -33,12 +33,12 @@ from common.seeding import seed_everything
 from data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from data.splits import data_root, training_splits
 from data.workers import end_workers, start_worker_server
+from evaluation.fitting import calibrate_file
+from inference.calibration import Calibration
+from inference.predictor import Predictor
 from models import count_parameters
 from models.bundled import model_path
-from models.calibration import Calibration
 from models.checkpoint import load_model_file
-from models.fitting import calibrate_file
-from models.predictor import Predictor
 from training.distributed import (
     Agreement,
     StopDuringWait,

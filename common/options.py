@@ -9,17 +9,16 @@ from collections.abc import Mapping
 from common.errors import FlagError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps (default: %(default)s)"
+PRECISION_HELP = ("auto: bf16 autocast on Ampere+ GPUs and CPUs with bf16 instructions, fp16 on "
+                  "older GPUs, else fp32 (default: %(default)s)")
 
 
 def add_hardware_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
                          channels_last: bool = False) -> None:
     """``--device`` and ``--precision`` (and ``--no-channels-last`` when asked)."""
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps "
-                        "(default: %(default)s)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: bf16 autocast on Ampere+ GPUs and CPUs with bf16 "
-                        "instructions, fp16 on older GPUs, else fp32 (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     if channels_last:
         parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                             help="keep the NCHW memory format (channels_last is faster with "

@@ -180,9 +180,16 @@ def read_image_reduced(path: str | Path, min_side: int) -> tuple[np.ndarray, tup
         MissingFileError, CorruptFileError: see :func:`decode_file`.
     """
     path = Path(path)
-    data = read_bytes(path)
+    return decode_image(read_bytes(path), path, min_side)
+
+
+def decode_image(data: bytes, path: Path, min_side: int | None = None
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image_reduced` of a file's bytes already read (``path`` names it in
+    errors); ``min_side`` ``None`` decodes in full, as :func:`read_image` does."""
     orientation, stored = image_header(data)
-    factor = reduction(*stored, min_side) if stored and data[:3] == JPEG_START else 1
+    factor = (reduction(*stored, min_side)
+              if min_side and stored and data[:3] == JPEG_START else 1)
     if factor == 1:
         image = orient(_to_bgr(decode_bytes(data, path, cv2.IMREAD_UNCHANGED)), orientation)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), image.shape[:2]

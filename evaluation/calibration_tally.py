@@ -7,12 +7,12 @@ import threading
 import numpy as np
 import torch
 
-from models.calibration import calibration_bins
-from models.predictor import Prediction
+from inference.calibration import calibration_bins
+from inference.predictor import Prediction
 
 
 class CalibrationTally:
-    """Calibration bins of the probability maps (``models.calibration.calibration_bins``)
+    """Calibration bins of the probability maps (``inference.calibration.calibration_bins``)
     summed over images, with the model's temperature and without it; safe to add to from
     several threads."""
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from data.imageio import read_image
 from evaluation.scores import JACCARD_THRESHOLD
-from models.predictor import draw_contour
+from inference.predictor import draw_contour
 
 GRID_COLUMNS = 4
 THUMBNAIL = 256  # longest side of the pictures in the worst-case grid

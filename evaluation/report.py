@@ -16,7 +16,7 @@ from evaluation.agreement import measurement_agreement
 from evaluation.failure_detection import quality_summary
 from evaluation.plots import Case, plot_histogram, plot_risk_coverage, plot_worst
 from evaluation.scores import METRICS, summarize
-from models.calibration import error_of_bins
+from inference.calibration import error_of_bins
 
 if TYPE_CHECKING:
     from evaluation.calibration_tally import CalibrationTally

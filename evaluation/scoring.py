@@ -21,8 +21,8 @@ from evaluation.plots import WorstCases
 from evaluation.report import MEASUREMENTS, Evaluation, EvaluationSettings
 from evaluation.scores import fit_to_truth, read_scored_mask, score_masks
 from evaluation.sources import MaskFiles
-from measurements import measure
-from models.predictor import Prediction, Predictor, postprocess
+from inference.measurements import measure
+from inference.predictor import Prediction, Predictor, postprocess
 
 
 def evaluate_model(predictor: Predictor, pairs: Sequence[Pair], settings: EvaluationSettings,
@@ -72,7 +72,7 @@ def score_row(id_: str, prediction: np.ndarray, truth: np.ndarray, image: Path |
 
 def measurement_columns(predicted: Any, expert: Any) -> dict[str, Any]:
     """``predicted_<name>`` and ``expert_<name>`` of the :data:`evaluation.report.MEASUREMENTS`
-    of two :class:`measurements.LesionMeasurements`."""
+    of two :class:`inference.measurements.LesionMeasurements`."""
     rows = {"predicted": predicted.as_row(), "expert": expert.as_row()}
     return {f"{side}_{name}": row[name] for name in MEASUREMENTS
             for side, row in rows.items()}
@@ -133,13 +133,13 @@ def score_at_model_size(predictor: Predictor, pairs: Sequence[Pair],
     images = {pair.id: pair.image for pair in pairs}
     rows = []
     with progress_bar(len(pairs)) as bar:
-        for batch in DataLoader(dataset, batch_size=predictor.batch_size):
+        for batch in DataLoader(dataset, batch_size=predictor.settings.batch_size):
             lesion = torch.sigmoid(predictor.predict_logits(batch["image"]).cpu())
             predicted = (lesion > predictor.threshold)[:, 0].numpy()
             truths = (batch["mask"] > 0.5)[:, 0].numpy()
             for id_, prediction, truth in zip(batch["id"], predicted, truths):
-                prediction = postprocess(prediction, predictor.keep_largest,
-                                         predictor.fill_holes)
+                prediction = postprocess(prediction, predictor.settings.keep_largest,
+                                         predictor.settings.fill_holes)
                 rows.append(score_row(id_, prediction, truth, images[id_], worst))
                 bar.update()
     return rows

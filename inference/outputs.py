@@ -9,19 +9,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from models.predictor import Prediction
+    from inference.predictor import Prediction
 
 OUTPUT_SUFFIXES = ("_segmentation.png", "_probability.png", "_overlay.jpg")
 PREDICTIONS_CSV = "predictions.csv"
 # The first columns of predictions.csv; the lesion's measurements follow
-# (measurements.MEASUREMENT_COLUMNS).
+# (inference.measurements.MEASUREMENT_COLUMNS).
 ROW_COLUMNS = ("image", "width", "height", "lesion_share", "quality", "review", "reason")
 
 
 def prediction_row(image_name: str, prediction: Prediction) -> dict[str, Any]:
     """The row of ``predictions.csv`` for one image: its file name, size, the lesion's share of
     the image (in ``[0, 1]``), the quality estimate, the review flag (``yes``/``no``) and its
-    reason, and the lesion's measurements (:meth:`measurements.LesionMeasurements.as_row`)."""
+    reason, and the lesion's measurements
+    (:meth:`inference.measurements.LesionMeasurements.as_row`)."""
     height, width = prediction.mask.shape
     return {"image": image_name, "width": width, "height": height,
             "lesion_share": round(float(prediction.mask.mean()), 6),
@@ -36,7 +37,7 @@ def failed_row(image_name: str, error: BaseException | str) -> dict[str, Any]:
 def write_predictions_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """``predictions.csv``: one row per image, columns :data:`ROW_COLUMNS` and the
     measurements' (empty where unknown)."""
-    from measurements import MEASUREMENT_COLUMNS
+    from inference.measurements import MEASUREMENT_COLUMNS
 
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*ROW_COLUMNS, *MEASUREMENT_COLUMNS], restval="")

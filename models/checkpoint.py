@@ -31,7 +31,7 @@ CHECKPOINT_VERSION = 1
 PREDICTION_KEYS = ("model", "model_config", "img_size", "normalization", "threshold")
 # Provenance kept with exported weights (the rest of a checkpoint is for resuming).
 INFO_KEYS = ("epoch", "step", "train_seconds", "metrics", "best_dice", "args", "synthetic_data")
-# What models.calibration fitted on held-out images (optional: a model may not have it yet).
+# What inference.calibration fitted on held-out images (optional: a model may not have it yet).
 CALIBRATION_KEY = "calibration"
 # What a model file's metadata (safetensors, ONNX) holds besides its format and version.
 METADATA_KEYS = (*PREDICTION_KEYS, *INFO_KEYS, CALIBRATION_KEY)
@@ -161,7 +161,7 @@ class ModelBundle:
         threshold: lesion probability above which a pixel is lesion, in ``(0, 1)``.
         info: provenance: ``epoch``, ``metrics``, ``args`` of the training run (when known).
         path: the file it was read from.
-        calibration: the model's calibration (``models.calibration.Calibration.to_dict``),
+        calibration: the model's calibration (``inference.calibration.Calibration.to_dict``),
             ``None`` when it was never calibrated.
     """
 

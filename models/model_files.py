@@ -18,7 +18,7 @@ from models.onnx_model import is_onnx, update_metadata
 
 
 def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
-    """Store a model's calibration (``models.calibration.Calibration.to_dict``) in its file,
+    """Store a model's calibration (``inference.calibration.Calibration.to_dict``) in its file,
     leaving the weights and everything else as they are: a training checkpoint's entry, a
     safetensors or ONNX file's metadata. Atomic, as every write of a model file here.
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Time measurements.measure() on one CPU thread, on a synthetic lesion of a given image size.
+"""Time inference.measurements.measure() on one CPU thread, on a synthetic lesion of a given
+image size.
 
 Example (from the repository root):
 
@@ -43,7 +44,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import FlagError, run_script  # noqa: E402
-from measurements import measure  # noqa: E402
+from inference.measurements import measure  # noqa: E402
 
 HEADER = ("| CPU | image | lesion | median ms | best ms | repeats |\n"
           "|---|---|---|---|---|---|")
@@ -57,8 +58,8 @@ MIN_SIDE = 16
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        description="Time measurements.measure() (all measurements, colours included) on one "
-        "CPU thread on a synthetic lesion; prints one Markdown table row.")
+        description="Time inference.measurements.measure() (all measurements, colours included) "
+        "on one CPU thread on a synthetic lesion; prints one Markdown table row.")
     parser.add_argument("--width", type=int, default=6000, help="image width (default: 6000)")
     parser.add_argument("--height", type=int, default=4000,
                         help="image height (default: 4000)")

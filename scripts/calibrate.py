@@ -5,13 +5,13 @@
     python scripts/calibrate.py --checkpoint model.onnx --data data/ISIC2018 --split val \
         --training-data data/ISIC2018
 
-What is fitted (models/calibration.py; fitted by models/fitting.py): the temperature that makes
-the probability maps mean what they say, the quality estimate of each mask and the quality below
-which a mask is flagged for review, on held-out images with experts' masks; the dermoscopy check
-on the images the model was trained on. By default both are the model's own: the validation
-split train.py held out and its training split (read from the model file). train.py calibrates
-best.pt this way when it finishes; run this for a model trained before, an export, or other
-held-out images. Never fit on the images you will report the model's scores on.
+What is fitted (inference/calibration.py; fitted by evaluation/fitting.py): the temperature that
+makes the probability maps mean what they say, the quality estimate of each mask and the quality
+below which a mask is flagged for review, on held-out images with experts' masks; the dermoscopy
+check on the images the model was trained on. By default both are the model's own: the
+validation split train.py held out and its training split (read from the model file). train.py
+calibrates best.pt this way when it finishes; run this for a model trained before, an export, or
+other held-out images. Never fit on the images you will report the model's scores on.
 
 The model file (a best.pt, .safetensors or .onnx) is updated in place, its weights unchanged,
 unless --output names a copy to write.
@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def calibrate(args: argparse.Namespace) -> int:
     from data.layouts import find_pairs
+    from evaluation.fitting import calibrate_file
     from evaluation.sources import layout_split, training_data_root, training_pairs
-    from models.fitting import calibrate_file
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
 
     source = Path(args.checkpoint)
     target = Path(args.output) if args.output else source

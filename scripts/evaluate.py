@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from common.errors import FlagError, run_script  # noqa: E402
 from data.layouts import SPLITS  # noqa: E402
-from predict import add_prediction_options  # noqa: E402
+from inference.settings import add_prediction_options  # noqa: E402
 
 if TYPE_CHECKING:
     from evaluation.report import Evaluation
@@ -109,10 +109,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     from evaluation.report import EvaluationSettings
     from evaluation.scoring import check_non_dermoscopy, evaluate_model
     from evaluation.sources import scored_set
+    from inference.inputs import collect_inputs
+    from inference.predictor import Predictor
+    from inference.settings import PredictionSettings
     from models.bundled import describe_model
-    from predict import collect_inputs, predictor_from_args
 
-    predictor = predictor_from_args(args)
+    predictor = Predictor(args.checkpoint, PredictionSettings.from_args(args))
+    chosen = predictor.settings
     print(describe_model(predictor.checkpoint_path, predictor.info), flush=True)
     scored = scored_set(predictor.info, args.data, args.split)
     if scored.split_source == "training" and scored.split == "val":
@@ -123,11 +126,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     settings = EvaluationSettings(
         mode="checkpoint", data=str(scored.root), split=scored.split,
         split_source=scored.split_source, resolution=args.resolution,
-        checkpoint=str(predictor.checkpoint_path), threshold=predictor.threshold,
-        tta=args.tta, keep_largest=args.keep_largest, fill_holes=args.fill_holes,
-        precision=args.precision, full_decode=args.full_decode, img_size=predictor.img_size,
-        quality=predictor.quality, review_below=predictor.review_below,
-        mm_per_pixel=args.mm_per_pixel)
+        checkpoint=str(predictor.checkpoint_path), threshold=chosen.threshold, tta=chosen.tta,
+        keep_largest=chosen.keep_largest, fill_holes=chosen.fill_holes,
+        precision=chosen.precision, full_decode=chosen.full_decode, img_size=predictor.img_size,
+        quality=chosen.quality, review_below=chosen.review_below,
+        mm_per_pixel=chosen.mm_per_pixel)
     evaluation = evaluate_model(predictor, scored.pairs, settings, args.worst)
     if args.non_dermoscopy:
         evaluation.non_dermoscopy = check_non_dermoscopy(

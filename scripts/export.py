@@ -91,7 +91,7 @@ class CheckResult:
 
 
 def compare(original, exported, paths: Sequence[Path]) -> CheckResult:
-    """Predict ``paths`` with both :class:`models.predictor.Predictor` objects and compare."""
+    """Predict ``paths`` with both :class:`inference.predictor.Predictor` objects and compare."""
     worst_difference = worst_quality = 0.0
     worst_agreement, worst_image = 1.0, ""
     for path in paths:
@@ -113,7 +113,7 @@ def compare(original, exported, paths: Sequence[Path]) -> CheckResult:
 
 def check_images(patterns: Sequence[str] | None) -> list[Path]:
     from data.splits import data_root
-    from predict import collect_inputs
+    from inference.inputs import collect_inputs
 
     if patterns:
         return collect_inputs(patterns)
@@ -121,9 +121,9 @@ def check_images(patterns: Sequence[str] | None) -> list[Path]:
 
 
 def export(args: argparse.Namespace) -> int:
+    from inference.predictor import Predictor
     from models.bundled import default_model, describe_model
     from models.checkpoint import load_model_file, save_safetensors
-    from models.predictor import Predictor
 
     source = Path(args.checkpoint) if args.checkpoint else default_model()
     if args.format == "onnx" and args.dtype != "fp32":

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from inference.calibration import Calibration
+from inference.predictor import Predictor
 from models.bundled import BUNDLED_MODEL, MODEL_CARD, default_model, describe_model
-from models.calibration import Calibration
 from models.checkpoint import load_checkpoint, load_model_file, save_checkpoint
-from models.predictor import Predictor
 from tests.conftest import load_script, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_hub_entries(hub) -> None:
         logits = model(torch.zeros(1, 3, 128, 128))
     assert logits.shape == (1, 1, 128, 128)
     predictor = hub("isic_predictor", tta=True, device="cpu")
-    assert predictor.tta and predictor.checkpoint_path == BUNDLED_MODEL
+    assert predictor.settings.tta and predictor.checkpoint_path == BUNDLED_MODEL
     image = np.full((90, 70, 3), 180, np.uint8)
     assert predictor.predict(image).mask.shape == (90, 70)
 

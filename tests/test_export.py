@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 
 import predict
+from inference.predictor import Predictor
 from models.checkpoint import SCALE_SUFFIX, CheckpointError, load_checkpoint, load_model_file
-from models.predictor import Predictor
 from tests.conftest import load_script, shared_data
 
 export = load_script("export")

@@ -14,11 +14,11 @@ import train
 from common.errors import FlagError
 from data.dataset import EpochSampler, ReplaySampler
 from data.layouts import find_pairs
+from evaluation.fitting import fit_calibration
+from inference.calibration import Calibration
+from inference.predictor import Predictor
 from models.bundled import BUNDLED_MODEL
-from models.calibration import Calibration
 from models.checkpoint import load_checkpoint, load_model_file
-from models.fitting import fit_calibration
-from models.predictor import Predictor
 from tests.conftest import TINY_TRAIN_ARGS, load_script
 from training.options import PRESETS, parse_args
 

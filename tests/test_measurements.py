@@ -1,5 +1,5 @@
-"""Tests of measurements.py and evaluation/agreement.py on shapes whose answers geometry gives,
-and of scripts/benchmark_measurements.py on a small image."""
+"""Tests of inference/measurements.py and evaluation/agreement.py on shapes whose answers geometry
+gives, and of scripts/benchmark_measurements.py on a small image."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import measurements
 from evaluation.agreement import icc, icc_2_1, measurement_agreement, relative_errors
-from measurements import (
+from inference import measurements
+from inference.measurements import (
     ABCD_COLOURS,
     ABCD_COLOURS_RGB,
     MEASUREMENT_COLUMNS,

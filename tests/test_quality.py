@@ -1,5 +1,5 @@
 """Tests of the quality estimate, the review flags, the dermoscopy check, the calibration
-(models/quality.py, review.py, image_check.py, calibration.py), their scores
+(inference/quality.py, review.py, image_check.py, calibration.py), their scores
 (evaluation/failure_detection.py) and scripts/calibrate.py, with tiny models and synthetic
 images."""
 
@@ -17,24 +17,28 @@ import torch
 import predict
 from data.layouts import find_pairs
 from evaluation.failure_detection import aurc, auroc, quality_summary, risk_coverage
-from models.calibration import (
+from evaluation.fitting import review_threshold
+from inference.calibration import (
     UNFITTED_REVIEW_BELOW,
     Calibration,
     calibration_error,
     fit_temperature,
 )
-from models.checkpoint import load_model_file
-from models.fitting import review_threshold
-from models.image_check import STATISTICS, DermoscopyCheck, fit_dermoscopy_check, image_statistics
-from models.predictor import Predictor
-from models.quality import (
+from inference.image_check import (
+    STATISTICS,
+    DermoscopyCheck,
+    fit_dermoscopy_check,
+    image_statistics,
+)
+from inference.predictor import Predictor
+from inference.quality import (
     MIN_FIT_IMAGES,
     QUALITY_FEATURES,
     QualityModel,
     fit_quality_model,
     flip_features,
 )
-from models.review import (
+from inference.review import (
     LARGER_THAN_FRAME,
     LOW_QUALITY,
     NO_LESION,
@@ -42,6 +46,7 @@ from models.review import (
     frame_share,
     review_reasons,
 )
+from models.checkpoint import load_model_file
 from tests.conftest import load_script
 
 calibrate = load_script("calibrate")

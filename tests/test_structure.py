@@ -8,6 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "data", "models", "inference", "evaluation", "training", "web")
+# Each layer imports only from the layers before it; utils.py (losses and metrics) sits on
+# common/, the entry points on everything.
+LAYERS = ("common", "utils", "data", "models", "inference", "evaluation", "training", "web")
+ENTRY_POINTS = ("train", "predict", "app", "hubconf")
 
 
 def module_files() -> dict[str, Path]:
@@ -57,3 +61,29 @@ def test_no_import_circles() -> None:
 def test_the_check_finds_a_circle() -> None:
     assert cycle_from("a", {"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle_from("a", {"a": {"b"}, "b": set()}) is None
+
+
+def layer_of(module: str) -> int | None:
+    """The place of ``module``'s package in :data:`LAYERS`; ``None`` for an entry point."""
+    package = module.split(".")[0]
+    return LAYERS.index(package) if package in LAYERS else None
+
+
+def test_no_module_imports_from_a_layer_above_it_or_from_an_entry_point() -> None:
+    files = module_files()
+    upward = []
+    for name, path in files.items():
+        if layer_of(name) is None:
+            continue
+        for imported in imports(path, set(files)) - {name}:
+            above = layer_of(imported)
+            if above is None or above > layer_of(name):
+                upward.append(f"{name} -> {imported}")
+    assert not upward, upward
+
+
+def test_entry_points_do_not_import_one_another() -> None:
+    files = module_files()
+    crossing = [f"{name} -> {imported}" for name in ENTRY_POINTS
+                for imported in imports(files[name], set(files)) & set(ENTRY_POINTS) - {name}]
+    assert crossing == [], crossing

@@ -22,7 +22,7 @@ import pytest
 from data.layouts import find_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARIES = ("common", "data", "models", "evaluation", "training")
+LIBRARIES = ("common", "data", "models", "inference", "evaluation", "training", "web")
 # The third-party modules the project imports; importing these may start threads of their own.
 THIRD_PARTY = ("numpy", "cv2", "torch", "albumentations", "scipy.ndimage", "scipy.spatial",
                "PIL.Image", "tqdm", "matplotlib", "wandb", "safetensors.torch", "onnxruntime",
@@ -37,7 +37,7 @@ def project_modules() -> list[str]:
     for package in LIBRARIES:
         for path in sorted((ROOT / package).glob("*.py")):
             names.append(package if path.stem == "__init__" else f"{package}.{path.stem}")
-    return names + ["utils", "measurements", "predict", "app", "train", "hubconf"]
+    return names + ["utils", "predict", "app", "train", "hubconf"]
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:

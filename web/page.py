@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data.layouts import IMAGE_EXTENSIONS
-from web.results import Settings
 from web.review import build_review_tab
 from web.segment import NO_PHOTO, answer
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
 
 TITLE = "Skin-lesion segmentation"
 API_NAME = "segment"
@@ -97,8 +96,9 @@ def build_segment_tab(predictor: Predictor) -> None:
     def segment(photos: list[str] | None, threshold: float, tta: bool, keep_largest: bool,
                 fill_holes: bool) -> tuple:
         """Outline the lesion in each photo."""
-        return answer(predictor, photos or [], Settings(threshold, tta, keep_largest,
-                                                        fill_holes))
+        return answer(predictor.with_settings(threshold=threshold, tta=tta,
+                                              keep_largest=keep_largest,
+                                              fill_holes=fill_holes), photos or [])
 
     gr.on([photos.change, threshold.change, tta.change, keep_largest.change,
            fill_holes.change], segment,

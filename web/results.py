@@ -1,5 +1,4 @@
-"""What the page holds for each request: the settings of the page's controls, and the result
-or failure of each photo."""
+"""What the page holds for each photo of a request: its result, or its failure."""
 
 from __future__ import annotations
 
@@ -18,23 +17,6 @@ class PhotoResult:
     mask_view: Path
     probability_view: Path
     mask: Path
-
-
-@dataclass
-class Settings:
-    """One request's prediction settings, as the page's controls set them."""
-
-    threshold: float
-    tta: bool = False
-    keep_largest: bool = False
-    fill_holes: bool = False
-
-    def describe(self) -> str:
-        """The settings in words, for the summary under the results."""
-        switches = (("test-time augmentation", self.tta), ("keep largest region",
-                    self.keep_largest), ("fill holes", self.fill_holes))
-        return ", ".join([f"threshold {self.threshold:.2f}"]
-                         + [f"{name} {'on' if value else 'off'}" for name, value in switches])
 
 
 @dataclass

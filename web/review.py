@@ -25,7 +25,7 @@ from web.segment import failure_message
 from web.views import display_mask, display_photo, display_size
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
 
 # The predicted mask's layer: red at 43 % opacity, the brush the same.
 MASK_RGBA = (255, 40, 40, 110)
@@ -91,7 +91,7 @@ def predict_for_review(predictor: Predictor, photos: list[Path], workspace: Path
     Returns:
         The items in :func:`review_order`, and a message for each photo that could not be read.
     """
-    from models.predictor import IMAGE_ERRORS
+    from inference.predictor import IMAGE_ERRORS
 
     workspace.mkdir(parents=True, exist_ok=True)
     items, failures = [], []

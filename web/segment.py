@@ -19,18 +19,19 @@ from inference.outputs import (
     prediction_row,
     write_predictions_csv,
 )
-from web.results import Failure, PhotoResult, Settings
+from web.results import Failure, PhotoResult
 from web.table import summary_markdown
 from web.views import display_views, write_view
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
 
 NO_PHOTO = "Results appear here when you upload a photo."
 
 
-def answer(predictor: Predictor, photos: Sequence[str], settings: Settings) -> tuple:
-    """Segment the uploaded photos and fill the page's outputs.
+def answer(predictor: Predictor, photos: Sequence[str]) -> tuple:
+    """Segment the uploaded photos with ``predictor`` (this request's settings) and fill the
+    page's outputs.
 
     Returns:
         The outline, mask and probability galleries (``(file, caption)`` pairs), the summary
@@ -40,14 +41,11 @@ def answer(predictor: Predictor, photos: Sequence[str], settings: Settings) -> t
         return [], [], [], NO_PHOTO, [], None
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=os.environ.get("GRADIO_TEMP_DIR")))
-    results, failures = segment_photos(
-        predictor.with_settings(threshold=settings.threshold, tta=settings.tta,
-                                keep_largest=settings.keep_largest,
-                                fill_holes=settings.fill_holes),
-        [Path(photo) for photo in photos], folder)
+    results, failures = segment_photos(predictor, [Path(photo) for photo in photos], folder)
     table = folder / PREDICTIONS_CSV
     write_predictions_csv(rows_in_order(results, failures, photos), table)
-    summary = summary_markdown(results, failures, settings, time.perf_counter() - started)
+    summary = summary_markdown(results, failures, predictor.settings,
+                               time.perf_counter() - started)
     names = [result.row["image"] for result in results]
     return ([(str(result.outline), name) for result, name in zip(results, names)],
             [(str(result.mask_view), f"{name}: mask") for result, name in zip(results, names)],
@@ -68,7 +66,7 @@ def segment_photos(predictor: Predictor, photos: Sequence[Path], folder: Path
     """
     import gradio as gr
 
-    from models.predictor import IMAGE_ERRORS
+    from inference.predictor import IMAGE_ERRORS
 
     results: list[PhotoResult] = []
     failures: list[Failure] = []

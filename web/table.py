@@ -7,7 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from web.results import Failure, PhotoResult, Settings
+from inference.settings import PredictionSettings
+from web.results import Failure, PhotoResult
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -17,7 +18,7 @@ def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def summary_markdown(results: Sequence[PhotoResult], failures: Sequence[Failure],
-                     settings: Settings, seconds: float) -> str:
+                     settings: PredictionSettings, seconds: float) -> str:
     """The text panel: a table of the rows, the photos that failed, the settings and the time
     the server took."""
     parts = []

@@ -12,7 +12,7 @@ import numpy as np
 from data.imageio import read_image_reduced, write_image
 
 if TYPE_CHECKING:
-    from models.predictor import Prediction
+    from inference.predictor import Prediction
 
 # Shown images are scaled down to this longest side; the downloadable masks keep the photo's size.
 DISPLAY_SIDE = 1024
@@ -41,7 +41,7 @@ def display_views(photo: Path, prediction: Prediction
     The photo is decoded at the JPEG decoder's reduced scale where that still leaves
     :data:`DISPLAY_SIDE` pixels: a 10000x7000 photo is not decoded in full a second time.
     """
-    from models.predictor import draw_prediction
+    from inference.predictor import draw_prediction
 
     size = display_size(*prediction.mask.shape)
     image = cv2.cvtColor(display_photo(photo, size), cv2.COLOR_RGB2BGR)

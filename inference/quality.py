@@ -3,7 +3,7 @@ from what the model itself gives.
 
 The model predicts each image twice, as it is and mirrored (the first two variants of
 ``--tta``), and the signals are read off the two probability maps ``p_k`` at the model's input
-size, after the model's temperature (:mod:`models.calibration`):
+size, after the model's temperature (:mod:`inference.calibration`):
 
 - ``self_dice``: the Dice the mean map ``p`` expects its own mask ``m = p > threshold`` to
   score, ``2 sum(p m) / (sum(p) + sum(m))``: low where much probability lies near the

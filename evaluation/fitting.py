@@ -1,7 +1,7 @@
-"""Fitting a model's :class:`models.calibration.Calibration` on held-out images with experts'
+"""Fitting a model's :class:`inference.calibration.Calibration` on held-out images with experts'
 masks (the temperature and the quality estimate) and on its training images (the dermoscopy
 check), and writing it into the model file: what ``scripts/calibrate.py`` and ``train.py`` run.
-Above the :class:`models.predictor.Predictor`, whose predictions it fits on.
+Above the :class:`inference.predictor.Predictor`, whose predictions it fits on.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import torch
 from data.imageio import read_image_reduced
 from data.layouts import Pair
 from evaluation.scores import overlap_scores, read_scored_mask
-from models.calibration import (
+from inference.calibration import (
     UNFITTED_REVIEW_BELOW,
     Calibration,
     calibration_error,
     fit_temperature,
 )
-from models.image_check import SIDE, fit_dermoscopy_check, image_statistics
+from inference.image_check import SIDE, fit_dermoscopy_check, image_statistics
+from inference.predictor import QUALITY_FLIPS, Predictor
+from inference.quality import MIN_FIT_IMAGES, fit_quality_model, flip_features
+from inference.review import review_reasons
 from models.model_files import write_calibration
-from models.predictor import QUALITY_FLIPS, Predictor
-from models.quality import MIN_FIT_IMAGES, fit_quality_model, flip_features
-from models.review import review_reasons
 
 # The review threshold flags at most this share of the held-out images.
 MAX_FLAGGED = 0.2
@@ -40,7 +40,7 @@ MAX_CHECK_IMAGES = 1000
 @dataclass
 class HeldOutImage:
     """What fitting needs of one held-out image: the raw logits of the variants the quality
-    estimate reads (``models.predictor.QUALITY_FLIPS``, the first the image itself) at the
+    estimate reads (``inference.predictor.QUALITY_FLIPS``, the first the image itself) at the
     model's size ``(K, S, S)`` (``K`` is 1 where too few images to fit the estimate), the
     expert's mask at the model's size and at the image's, and the image's statistics for the
     dermoscopy check."""
@@ -206,7 +206,7 @@ def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
 
 
 def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
-    """:func:`models.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES` training
+    """:func:`inference.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES` training
     images (a seeded sample)."""
     pick = np.random.default_rng(0).permutation(len(training))[:MAX_CHECK_IMAGES]
     return [image_statistics(read_image_reduced(training[i].image, SIDE)[0])

@@ -3,10 +3,10 @@
 
 Images go through exactly the validation transform of training (area resize to the model's
 square size, the model's normalisation); the logits, divided by the model's temperature
-(:mod:`models.calibration`), are resized back to the image's size with ``INTER_LINEAR`` and
-thresholded there. Each mask comes with an estimate of its quality (:mod:`models.quality`, from
+(:mod:`inference.calibration`), are resized back to the image's size with ``INTER_LINEAR`` and
+thresholded there. Each mask comes with an estimate of its quality (:mod:`inference.quality`, from
 the image and its mirror image) and a review flag with its reasons
-(:mod:`models.review`). Files are read at reduced scale when they are large (see
+(:mod:`inference.review`). Files are read at reduced scale when they are large (see
 :func:`data.imageio.read_image_reduced`), and :meth:`Predictor.predict_files` decodes the next
 images and finishes (resizes, writes) the previous ones in threads while the model runs.
 """
@@ -18,7 +18,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,17 +29,17 @@ import torch
 
 from common.device import Hardware
 from common.errors import FlagError
-from common.options import check_minimum
-from data.imageio import CorruptFileError, read_image, read_image_reduced
+from data.imageio import CorruptFileError, decode_image, read_bytes
 from data.preprocess import model_input
-from measurements import LesionMeasurements, measure, pixel_size_from_file
+from inference.calibration import Calibration
+from inference.image_check import image_statistics
+from inference.measurements import LesionMeasurements, measure, pixel_size_of
+from inference.quality import flip_features
+from inference.review import review_reasons
+from inference.settings import LOADING, PredictionSettings
 from models.bundled import default_model
-from models.calibration import Calibration
 from models.checkpoint import ModelBundle, load_model_file
-from models.image_check import image_statistics
 from models.onnx_model import is_onnx
-from models.quality import flip_features
-from models.review import review_reasons
 
 # Probabilities are clamped this far from 0 and 1 before the logit, which would be infinite.
 TTA_EPS = 1e-6
@@ -64,7 +64,7 @@ class Prediction:
         logits: float32 ``(H, W)``, the model's logits divided by its temperature, resized to
             the image.
         quality: the estimated Dice of ``mask`` against an expert's mask, in ``[0, 1]``
-            (:mod:`models.quality`); ``None`` when the predictor does not estimate it.
+            (:mod:`inference.quality`); ``None`` when the predictor does not estimate it.
         reason: why the mask should be reviewed, ``""`` when it need not be: ``not
             dermoscopy``, ``no lesion found``, ``lesion larger than the frame``, ``low
             quality``, joined by ``"; "``.
@@ -73,7 +73,7 @@ class Prediction:
         mm_per_pixel: the pixel size in millimetres, when known.
         probabilities: float32 ``(H, W)`` lesion probabilities in ``[0, 1]``, computed from
             the logits when first asked for.
-        measurements: the lesion's :class:`measurements.LesionMeasurements`, computed when
+        measurements: the lesion's :class:`inference.measurements.LesionMeasurements`, computed when
             first asked for.
     """
 
@@ -249,28 +249,16 @@ class Predictor:
             or ``.onnx`` export (run by ONNX Runtime); ``None``:
             :func:`models.bundled.default_model` (your ``models/checkpoints/best.pt`` trained
             on real images, else the bundled ISIC model).
-        device: ``auto`` (CUDA, MPS, CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
-        threshold: probability (after the model's temperature) above which a pixel is lesion,
-            in ``(0, 1)``; default the model file's.
-        tta: the mask from the mean probability over horizontal and vertical flips.
-        keep_largest: see :func:`postprocess`.
-        fill_holes: see :func:`postprocess`.
-        batch_size: images per forward pass in :meth:`predict_batch` and
-            :meth:`predict_files`.
-        precision: ``auto`` (bf16 autocast where the hardware has it), ``fp32``, ``bf16``,
-            ``fp16``; as in ``train.py`` (ONNX models compute in fp32).
-        workers: threads of :meth:`predict_files`.
-        full_decode: decode image files in full, never at the JPEG decoder's reduced scale
-            (slower; the masks differ only along the border, see the README).
-        quality: estimate each mask's quality, from the image and its mirror image (the model
-            runs on two images instead of one, unless ``tta`` runs its four flips anyway).
-        review_below: a quality below this flags the mask for review; default the model
-            file's (fitted on held-out images, :mod:`models.calibration`).
-        mm_per_pixel: the pixel size in millimetres for the measurements; default the one an
-            image file's header states where it is believable, else none.
+        settings: how to predict (:class:`inference.settings.PredictionSettings`: threshold,
+            test-time augmentation, post-processing, device, precision, batch size, threads,
+            decoding, quality estimate, review threshold, pixel size); default its defaults.
+        **changes: fields of ``settings`` to change, as in ``Predictor("best.pt",
+            device="cpu", tta=True)``.
 
     Attributes:
         checkpoint_path: the model file in use.
+        settings: the settings in use, ``threshold`` and ``review_below`` resolved to the
+            model file's where they were not given.
         info: how the model was trained (``epoch``, ``metrics``, ``args``; what the file
             recorded).
         calibration: the model's temperature, quality estimate, review threshold and
@@ -278,55 +266,47 @@ class Predictor:
 
     Raises:
         CheckpointError: the model file is missing, unsafe or not of this project.
-        FlagError: a bad threshold, review threshold, batch size, pixel size, device or
-            precision.
+        FlagError: an unknown setting, or a bad threshold, review threshold, batch size, pixel
+            size, device or precision.
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
-                 threshold: float | None = None, tta: bool = False, keep_largest: bool = False,
-                 fill_holes: bool = False, batch_size: int = 8, precision: str = "auto",
-                 workers: int = 2, full_decode: bool = False, quality: bool = True,
-                 review_below: float | None = None,
-                 mm_per_pixel: float | None = None) -> None:
-        check_minimum({"batch_size": batch_size, "workers": workers})
+    def __init__(self, checkpoint: str | Path | None = None,
+                 settings: PredictionSettings | None = None, **changes: Any) -> None:
+        settings = (settings or PredictionSettings()).with_changes(**changes)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else default_model()
-        bundle, self.runner = load_runner(self.checkpoint_path, device, precision)
+        bundle, self.runner = load_runner(self.checkpoint_path, settings.device,
+                                          settings.precision)
         self.device = self.runner.device
         self.info: dict[str, Any] = bundle.info
         self.calibration = Calibration.from_dict(bundle.calibration)
         self.img_size = bundle.img_size
         self.mean, self.std = bundle.mean, bundle.std
-        self.threshold = _checked_threshold(bundle.threshold if threshold is None else threshold)
-        self.tta = tta
-        self.keep_largest = keep_largest
-        self.fill_holes = fill_holes
-        self.batch_size = batch_size
-        self.workers = workers
-        self.full_decode = full_decode
-        self.quality = quality
-        self.review_below = _checked_review_below(
-            self.calibration.review_below if review_below is None else review_below)
-        if mm_per_pixel is not None and not mm_per_pixel > 0:
-            raise FlagError(f"--mm-per-pixel must be positive, got {mm_per_pixel}")
-        self.mm_per_pixel = mm_per_pixel
+        self.settings = replace(
+            settings, threshold=bundle.threshold if settings.threshold is None
+            else settings.threshold, review_below=self.calibration.review_below
+            if settings.review_below is None else settings.review_below).checked()
 
-    def with_settings(self, threshold: float | None = None, tta: bool | None = None,
-                      keep_largest: bool | None = None,
-                      fill_holes: bool | None = None) -> Predictor:
-        """A predictor that shares this one's loaded model with other settings (``None``: keep
-        this one's), so that a server can honour each request's options without reloading or
-        changing the predictor other requests use.
+    @property
+    def threshold(self) -> float:
+        """The probability above which a pixel is lesion, in ``(0, 1)``."""
+        return self.settings.threshold
+
+    def with_settings(self, **changes: Any) -> Predictor:
+        """A predictor that shares this one's loaded model with ``changes`` to its settings
+        (``None`` values keep this one's), so that a server honours each request's options
+        without reloading or changing the predictor other requests use.
 
         Raises:
-            FlagError: a threshold outside ``(0, 1)``.
+            FlagError: a value :meth:`PredictionSettings.checked` refuses, or a change of the
+                device or precision (which needs the model loaded again).
         """
+        reloading = [name for name in LOADING
+                     if changes.get(name) not in (None, getattr(self.settings, name))]
+        if reloading:
+            raise FlagError(f"{', '.join(reloading)} cannot change on a loaded model; make a "
+                            "new Predictor")
         other = copy.copy(self)
-        if threshold is not None:
-            other.threshold = _checked_threshold(threshold)
-        for name, value in (("tta", tta), ("keep_largest", keep_largest),
-                            ("fill_holes", fill_holes)):
-            if value is not None:
-                setattr(other, name, bool(value))
+        other.settings = self.settings.with_changes(**changes)
         return other
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -343,21 +323,22 @@ class Predictor:
         step = -(-max(image.shape[:2]) // COLOUR_IMAGE_SIDE)
         colours = np.ascontiguousarray(image[::step, ::step]) if step > 1 else image
         return LoadedImage(self.preprocess(image), size or image.shape[:2],
-                           image_statistics(image), colours, self.mm_per_pixel or mm_per_pixel)
+                           image_statistics(image), colours,
+                           self.settings.mm_per_pixel or mm_per_pixel)
 
     def read(self, path: str | Path) -> LoadedImage:
         """An image file ready for the model (decoded at reduced scale when it is large enough,
         unless ``full_decode``; see :func:`data.imageio.read_image_reduced`), with the pixel
-        size its header states, where believable.
+        size its header states, where believable; the file is read once.
 
         Raises:
             MissingFileError, CorruptFileError: the file is missing or cannot be decoded.
         """
-        if self.full_decode:
-            image, size = read_image(path), None
-        else:
-            image, size = read_image_reduced(path, self.img_size)
-        pixel_size = None if self.mm_per_pixel else pixel_size_from_file(path)
+        path = Path(path)
+        data = read_bytes(path)
+        image, size = decode_image(data, path,
+                                   None if self.settings.full_decode else self.img_size)
+        pixel_size = None if self.settings.mm_per_pixel else pixel_size_of(data)
         return self.load(image, size, pixel_size)
 
     def flip_logits(self, batch: torch.Tensor,
@@ -379,13 +360,14 @@ class Predictor:
         With ``tta`` the logits are those of the mean probability over the four flips, clamped
         to ``logit(1e-6) .. logit(1 - 1e-6)``.
         """
-        temperature = self.calibration.temperature
-        if not (self.quality or self.tta):
+        temperature, tta = self.calibration.temperature, self.settings.tta
+        if not (self.settings.quality or tta):
             return self.runner(batch).float().cpu() / temperature, None
-        logits = self.flip_logits(batch, FLIPS if self.tta else QUALITY_FLIPS) / temperature
+        logits = self.flip_logits(batch, FLIPS if tta else QUALITY_FLIPS) / temperature
         probabilities = torch.sigmoid(logits)
-        quality_probabilities = probabilities[:, :len(QUALITY_FLIPS)] if self.quality else None
-        if self.tta:
+        quality_probabilities = (probabilities[:, :len(QUALITY_FLIPS)]
+                                 if self.settings.quality else None)
+        if tta:
             return (torch.logit(probabilities.mean(1, keepdim=True), eps=TTA_EPS),
                     quality_probabilities)
         return logits[:, :1], quality_probabilities
@@ -409,8 +391,8 @@ class Predictor:
         """RGB uint8 ``(H_i, W_i, 3)`` images of any sizes -> one :class:`Prediction` each,
         at each image's size; the model runs on ``batch_size`` images at a time."""
         predictions: list[Prediction] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = [self.load(image) for image in images[start:start + self.batch_size]]
+        for start in range(0, len(images), self.settings.batch_size):
+            chunk = [self.load(image) for image in images[start:start + self.settings.batch_size]]
             predictions.extend(self._predict_loaded(chunk))
         return predictions
 
@@ -429,8 +411,8 @@ class Predictor:
         height, width = size
         small = logits.reshape(logits.shape[-2:]).float().cpu().numpy()
         full = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-        return full, postprocess(full > _logit(self.threshold), self.keep_largest,
-                                 self.fill_holes)
+        return full, postprocess(full > _logit(self.settings.threshold), self.settings.keep_largest,
+                                 self.settings.fill_holes)
 
     def restore(self, logits: torch.Tensor, loaded: LoadedImage,
                 flips: torch.Tensor | None = None) -> Prediction:
@@ -440,12 +422,12 @@ class Predictor:
         review flag."""
         full, mask = self._resized(logits, loaded.size)
         quality = None
-        if self.quality and flips is not None:
-            signals = flip_features(flips.numpy(), self.threshold)
+        if self.settings.quality and flips is not None:
+            signals = flip_features(flips.numpy(), self.settings.threshold)
             quality = self.calibration.quality.estimate(signals, empty=not mask.any())
         check = self.calibration.dermoscopy
         dermoscopy = check is None or not check.failures(loaded.statistics)
-        reasons = review_reasons(mask, quality, self.review_below, dermoscopy)
+        reasons = review_reasons(mask, quality, self.settings.review_below, dermoscopy)
         return Prediction(mask, full, quality, "; ".join(reasons), loaded.colour_image,
                           loaded.mm_per_pixel)
 
@@ -459,10 +441,10 @@ class Predictor:
         and resize and finish the predictions of the last; at most ``workers`` full-size
         predictions exist at a time.
         """
-        chunks = [paths[start:start + self.batch_size]
-                  for start in range(0, len(paths), self.batch_size)]
+        chunks = [paths[start:start + self.settings.batch_size]
+                  for start in range(0, len(paths), self.settings.batch_size)]
         finishing: deque[tuple[Path, Future]] = deque()
-        with ThreadPoolExecutor(self.workers) as pool:
+        with ThreadPoolExecutor(self.settings.workers) as pool:
             reads = [pool.submit(self.read, path) for path in chunks[0]] if chunks else []
             for index, chunk in enumerate(chunks):
                 current = reads
@@ -481,7 +463,8 @@ class Predictor:
                         image_flips = None if flips is None else flips[i]
                         finishing.append((path, pool.submit(
                             self._finish, finish, path, logits[i], loaded, image_flips)))
-                while len(finishing) > self.workers or (finishing and finishing[0][1].done()):
+                while (len(finishing) > self.settings.workers
+                       or (finishing and finishing[0][1].done())):
                     yield _outcome(*finishing.popleft())
             while finishing:
                 yield _outcome(*finishing.popleft())
@@ -501,20 +484,6 @@ def _outcome(path: Path, future: Future) -> tuple[Path, Any]:
 
 def _flip(batch: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return batch.flip(dims) if dims else batch
-
-
-def _checked_review_below(review_below: float) -> float:
-    review_below = float(review_below)
-    if not 0 <= review_below <= 1:
-        raise FlagError(f"--review-below must be between 0 and 1, got {review_below}")
-    return review_below
-
-
-def _checked_threshold(threshold: float) -> float:
-    threshold = float(threshold)
-    if not 0 < threshold < 1:
-        raise FlagError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
-    return threshold
 
 
 def _logit(probability: float) -> float:

@@ -29,6 +29,7 @@ on one thread, a 6000 x 4000 mask with a lesion covering 30 % of it, with the co
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -542,6 +543,16 @@ def colour_shares(rgb: np.ndarray) -> np.ndarray:
 
 
 def pixel_size_from_file(path: str | Path) -> float | None:
+    """:func:`pixel_size_of` the file ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        PIL.UnidentifiedImageError: the file is not an image Pillow reads.
+    """
+    return pixel_size_of(Path(path).read_bytes())
+
+
+def pixel_size_of(data: bytes) -> float | None:
     """The millimetres per pixel an image file's header states, where it is believable.
 
     The resolution is read from the EXIF XResolution and ResolutionUnit tags (282 and 296;
@@ -551,20 +562,19 @@ def pixel_size_from_file(path: str | Path) -> float | None:
     dermatoscope's does: cameras and editors write 72, 96 or 300 dpi whatever they image,
     which puts an image of 1000 px or more at 85 mm or wider. A small image with such a
     default can still pass (600 px at 300 dpi is 51 mm), so a pixel size from a file is a
-    hint, not a calibration. Only the header is read (Pillow opens files lazily).
+    hint, not a calibration. Only the header is parsed (Pillow decodes lazily).
 
     Args:
-        path: an image file (JPEG, or any format Pillow reads).
+        data: the bytes of an image file (JPEG, or any format Pillow reads).
 
     Returns:
         Millimetres per pixel along the width, or None when the file states no usable
         resolution.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        PIL.UnidentifiedImageError: the file is not an image Pillow reads.
+        PIL.UnidentifiedImageError: the bytes are not an image Pillow reads.
     """
-    with Image.open(path) as picture:
+    with Image.open(io.BytesIO(data)) as picture:
         width = picture.width
         candidates = (_exif_mm_per_pixel(picture), _jfif_mm_per_pixel(picture))
     low, high = FIELD_OF_VIEW_MM

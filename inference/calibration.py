@@ -1,9 +1,9 @@
 """What a model learns about itself on held-out images, stored with it: a temperature that makes
-its probabilities mean what they say, the quality estimate of :mod:`models.quality`, the
+its probabilities mean what they say, the quality estimate of :mod:`inference.quality`, the
 quality below which a mask is flagged for review, and the dermoscopy check of
-:mod:`models.image_check`.
+:mod:`inference.image_check`.
 
-:func:`models.fitting.fit_calibration` fits them: the temperature and the quality estimate on
+:func:`evaluation.fitting.fit_calibration` fits them: the temperature and the quality estimate on
 held-out images with experts' masks (never on the images they will be reported on), the
 dermoscopy check on the model's training images. ``scripts/calibrate.py`` runs it and writes
 the result into the model file (checkpoint, safetensors or ONNX metadata), and ``train.py``
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from models.image_check import DermoscopyCheck
-from models.quality import QualityModel
+from inference.image_check import DermoscopyCheck
+from inference.quality import QualityModel
 
 # Review threshold of a model whose quality estimate was never fitted (the model's own expected
 # Dice, which is optimistic).
