@@ -23,7 +23,7 @@ from inference.calibration import (
     calibration_error,
     fit_temperature,
 )
-from inference.image_check import SIDE, fit_dermoscopy_check, image_statistics
+from inference.image_check import SIDE, camera_variant, fit_dermoscopy_check, image_statistics
 from inference.predictor import QUALITY_FLIPS, Predictor
 from inference.quality import MIN_FIT_IMAGES, fit_quality_model, flip_features
 from inference.review import review_reasons
@@ -115,7 +115,8 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     identity = np.stack([image.logits[0] for image in images])
     truth_small = np.stack([image.truth_small for image in images])
     temperature = fit_temperature(identity, truth_small)
-    dermoscopy = fit_dermoscopy_check(training_statistics(training))
+    statistics = training_statistics(training)
+    dermoscopy = fit_dermoscopy_check(statistics, images=len(statistics) // 2)
     signals, dice, jaccard, other_reasons = [], [], [], []
     for image in images:
         probabilities = torch.sigmoid(torch.from_numpy(image.logits / temperature)).numpy()
@@ -206,9 +207,12 @@ def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
 
 
 def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
-    """:func:`inference.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES` training
-    images (a seeded sample)."""
-    pick = np.random.default_rng(0).permutation(len(training))[:MAX_CHECK_IMAGES]
-    return [image_statistics(read_image_reduced(training[i].image, SIDE)[0])
-            for i in sorted(pick)]
-
+    """:func:`inference.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES`
+    training images (a seeded sample) and of one seeded :func:`camera_variant` of each."""
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(training))[:MAX_CHECK_IMAGES]
+    statistics = []
+    for index in sorted(pick):
+        image = read_image_reduced(training[index].image, SIDE)[0]
+        statistics += [image_statistics(image), image_statistics(camera_variant(image, rng))]
+    return statistics

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # The ABCD rule's six colours (Stolz et al., 1994), in the order they are reported.
 ABCD_COLOURS = ("white", "red", "light brown", "dark brown", "blue-gray", "black")
@@ -547,7 +547,6 @@ def pixel_size_from_file(path: str | Path) -> float | None:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        PIL.UnidentifiedImageError: the file is not an image Pillow reads.
     """
     return pixel_size_of(Path(path).read_bytes())
 
@@ -569,14 +568,14 @@ def pixel_size_of(data: bytes) -> float | None:
 
     Returns:
         Millimetres per pixel along the width, or None when the file states no usable
-        resolution.
-
-    Raises:
-        PIL.UnidentifiedImageError: the bytes are not an image Pillow reads.
+        resolution, or Pillow cannot read its header (an image OpenCV alone decodes).
     """
-    with Image.open(io.BytesIO(data)) as picture:
-        width = picture.width
-        candidates = (_exif_mm_per_pixel(picture), _jfif_mm_per_pixel(picture))
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            width = picture.width
+            candidates = (_exif_mm_per_pixel(picture), _jfif_mm_per_pixel(picture))
+    except (UnidentifiedImageError, OSError):
+        return None
     low, high = FIELD_OF_VIEW_MM
     for size in candidates:
         if size is not None and low <= width * size <= high:

@@ -27,6 +27,7 @@ from inference.calibration import (
 from inference.image_check import (
     STATISTICS,
     DermoscopyCheck,
+    camera_variant,
     fit_dermoscopy_check,
     image_statistics,
 )
@@ -197,6 +198,24 @@ def test_the_dermoscopy_check_passes_its_kind_and_flags_other_pictures() -> None
     for name, picture in not_dermoscopy().items():
         assert check.failures(image_statistics(picture)), name
     assert DermoscopyCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
+
+
+def test_camera_variants_widen_the_check_for_other_dermatoscopes_only() -> None:
+    image = dermoscopy_like(0)
+    variant = camera_variant(image, np.random.default_rng(1))
+    assert variant.shape == image.shape and variant.dtype == np.uint8
+    assert np.array_equal(variant, camera_variant(image, np.random.default_rng(1)))
+    assert not np.array_equal(variant, image)
+    rng = np.random.default_rng(2)
+    plain = [image_statistics(dermoscopy_like(seed)) for seed in range(200)]
+    varied = [image_statistics(camera_variant(dermoscopy_like(seed), rng)) for seed in range(200)]
+    narrow, wide = fit_dermoscopy_check(plain), fit_dermoscopy_check(plain + varied)
+    others = [image_statistics(camera_variant(dermoscopy_like(seed), rng))
+              for seed in range(200, 260)]
+    assert (sum(bool(wide.failures(row)) for row in others) * 2
+            < sum(bool(narrow.failures(row)) for row in others))
+    for name, picture in not_dermoscopy().items():
+        assert wide.failures(image_statistics(picture)), name
 
 
 # ---------------------------------------------------------------- calibration
