@@ -12,13 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import UserError
 from data.imageio import write_mask
-from inference.outputs import (
-    OUTPUT_SUFFIXES,
-    PREDICTIONS_CSV,
-    failed_row,
-    prediction_row,
-    write_predictions_csv,
-)
+from inference import outputs
 from web.results import Failure, PhotoResult
 from web.table import summary_markdown
 from web.views import display_views, write_view
@@ -42,8 +36,8 @@ def answer(predictor: Predictor, photos: Sequence[str]) -> tuple:
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="result-", dir=os.environ.get("GRADIO_TEMP_DIR")))
     results, failures = segment_photos(predictor, [Path(photo) for photo in photos], folder)
-    table = folder / PREDICTIONS_CSV
-    write_predictions_csv(rows_in_order(results, failures, photos), table)
+    table = folder / outputs.PREDICTIONS_CSV
+    outputs.write_predictions_csv(rows_in_order(results, failures, photos), table)
     summary = summary_markdown(results, failures, predictor.settings,
                                time.perf_counter() - started)
     names = [result.row["image"] for result in results]
@@ -75,7 +69,7 @@ def segment_photos(predictor: Predictor, photos: Sequence[Path], folder: Path
             results.append(segment_photo(predictor, photo, folder / str(index)))
         except (*IMAGE_ERRORS, UserError, MemoryError) as exc:
             message = failure_message(photo, exc)
-            failures.append(Failure(index, failed_row(photo.name, message), message))
+            failures.append(Failure(index, outputs.failed_row(photo.name, message), message))
             gr.Warning(message)
     return results, failures
 
@@ -106,7 +100,7 @@ def segment_photo(predictor: Predictor, photo: Path, folder: Path) -> PhotoResul
     """
     prediction = predictor.predict_file(photo)
     folder.mkdir(parents=True)
-    mask = folder / f"{photo.stem}{OUTPUT_SUFFIXES[0]}"
+    mask = folder / f"{photo.stem}{outputs.OUTPUT_SUFFIXES[0]}"
     write_mask(mask, prediction.mask)
     outline, mask_view, probability_view = display_views(photo, prediction)
     stem = folder / photo.stem
@@ -114,4 +108,4 @@ def segment_photo(predictor: Predictor, photo: Path, folder: Path) -> PhotoResul
              Path(f"{stem}_probability.jpg"))
     for path, image in zip(views, (outline, mask_view, probability_view)):
         write_view(path, image)
-    return PhotoResult(prediction_row(photo.name, prediction), *views, mask)
+    return PhotoResult(outputs.prediction_row(photo.name, prediction), *views, mask)
