@@ -16,6 +16,7 @@ from data.corrections import (
     is_saved,
     save_correction,
 )
+from data.imageio import write_mask
 from data.layouts import find_pairs
 from data.synthetic import render_sample
 from web.review import (
@@ -24,8 +25,10 @@ from web.review import (
     ReviewItem,
     corrected_mask,
     edited_mask,
+    editor_value,
     photos_to_review,
     review_order,
+    starting_mask,
 )
 from web.views import display_mask
 
@@ -77,6 +80,23 @@ def test_the_editor_layer_becomes_the_mask_and_a_cleared_editor_is_refused() -> 
     assert not edited_mask({"background": value["background"], "layers": []}, (40, 60)).any()
     with pytest.raises(ReviewError, match="choose the photo"):
         edited_mask({"background": None, "layers": []}, (40, 60))
+
+
+def test_the_editor_starts_from_a_saved_correction(tmp_path: Path) -> None:
+    photo = write_photo(tmp_path / "ISIC_0000003.jpg", 40, 60)
+    predicted = np.zeros((40, 60), bool)
+    predicted[10:30, 10:30] = True
+    item = ReviewItem(photo, "", 0.9, tmp_path / "predicted.png")
+    write_mask(item.mask, predicted)
+    folder = tmp_path / "corrections"
+    assert np.array_equal(starting_mask(item, folder), predicted)
+    value = editor_value(item, folder)
+    assert value["background"].shape == (40, 60, 3)
+    assert np.array_equal(value["layers"][0][..., 3] > 0, predicted)
+    corrected = ~predicted
+    save_correction(folder, photo, corrected)
+    assert np.array_equal(starting_mask(item, folder), corrected)
+    assert np.array_equal(editor_value(item, folder)["layers"][0][..., 3] > 0, corrected)
 
 
 def test_photos_come_from_uploads_and_a_local_folder_only(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@ lowest-quality first, correct a mask with a brush and an eraser, and save the ph
 corrected mask into a corrections folder that ``train.py`` reads as it is.
 
 The editor shows the photo scaled down (:data:`web.views.DISPLAY_SIDE`) with the predicted
-mask as a red layer. On saving, the pixels whose shown value was changed (and their neighbours)
-take the edit, scaled up to the photo's size; everywhere else the full-size predicted mask is
-kept, so that a photo saved without changes keeps its predicted mask exactly.
+mask as a red layer (or the correction saved for it, to go on from there). On saving, the pixels
+whose shown value was changed (and their neighbours) take the edit, scaled up to the photo's
+size; everywhere else the full-size mask the editor started from is kept, so that a photo saved
+without changes keeps its predicted mask exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from common.errors import UserError
-from data.corrections import count_corrections, is_saved, save_correction
+from data.corrections import count_corrections, is_saved, mask_path, save_correction
 from data.imageio import read_mask, write_mask
 from data.layouts import IMAGE_EXTENSIONS, find_images
 from web.segment import failure_message
@@ -107,13 +108,25 @@ def predict_for_review(predictor: Predictor, photos: list[Path], workspace: Path
     return review_order(items), failures
 
 
-def editor_value(item: ReviewItem) -> dict[str, Any]:
-    """The editor's content for ``item``: the photo scaled down as the background and the
-    predicted mask as the one layer (RGBA, transparent outside the lesion)."""
+def starting_mask(item: ReviewItem, corrections: Path) -> np.ndarray:
+    """The mask the editor starts from, bool at the photo's size: the correction saved for
+    this photo, else the predicted one."""
     predicted = read_mask(item.mask) > 0
-    size = display_size(*predicted.shape)
+    saved = mask_path(corrections, item.photo.stem)
+    if saved.is_file():
+        mask = read_mask(saved) > 0
+        if mask.shape == predicted.shape:
+            return mask
+    return predicted
+
+
+def editor_value(item: ReviewItem, corrections: Path) -> dict[str, Any]:
+    """The editor's content for ``item``: the photo scaled down as the background and
+    :func:`starting_mask` as the one layer (RGBA, transparent outside the lesion)."""
+    start = starting_mask(item, corrections)
+    size = display_size(*start.shape)
     layer = np.zeros((size[1], size[0], 4), np.uint8)
-    layer[display_mask(predicted, size)] = MASK_RGBA
+    layer[display_mask(start, size)] = MASK_RGBA
     return {"background": display_photo(item.photo, size), "layers": [layer], "composite": None}
 
 
@@ -135,17 +148,17 @@ def edited_mask(value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndar
     return painted
 
 
-def corrected_mask(predicted: np.ndarray, edited: np.ndarray) -> np.ndarray:
+def corrected_mask(start: np.ndarray, edited: np.ndarray) -> np.ndarray:
     """The full-size mask: ``edited`` (bool, shown size) scaled up where the shown mask was
-    changed and one shown pixel around (so that a stroke over the predicted outline leaves no
-    seam), ``predicted`` (bool ``(H, W)``) everywhere else."""
-    height, width = predicted.shape
-    shown = display_mask(predicted, (edited.shape[1], edited.shape[0]))
+    changed and one shown pixel around (so that a stroke over the outline leaves no seam),
+    ``start`` (bool ``(H, W)``, the mask the editor started from) everywhere else."""
+    height, width = start.shape
+    shown = display_mask(start, (edited.shape[1], edited.shape[0]))
     changed = cv2.dilate((edited != shown).view(np.uint8), np.ones((3, 3), np.uint8))
     changed = cv2.resize(changed, (width, height), interpolation=cv2.INTER_NEAREST) > 0
     drawn = cv2.resize(edited.view(np.uint8) * np.uint8(255), (width, height),
                        interpolation=cv2.INTER_LINEAR) > 127
-    return np.where(changed, drawn, predicted)
+    return np.where(changed, drawn, start)
 
 
 def save_edit(item: ReviewItem, value: dict[str, Any] | None, corrections: Path,
@@ -159,13 +172,13 @@ def save_edit(item: ReviewItem, value: dict[str, Any] | None, corrections: Path,
         ReviewError: see :func:`edited_mask`.
         CorrectionExistsError: see :func:`data.corrections.save_correction`.
     """
-    predicted = read_mask(item.mask) > 0
-    width, height = display_size(*predicted.shape)
-    mask = corrected_mask(predicted, edited_mask(value, (height, width)))
+    start = starting_mask(item, corrections)
+    width, height = display_size(*start.shape)
+    mask = corrected_mask(start, edited_mask(value, (height, width)))
     written = save_correction(corrections, item.photo, mask, replace)
     count = count_corrections(corrections)
-    return (f"Saved `{item.photo.name}` and `{written.name}` ({predicted.shape[1]}x"
-            f"{predicted.shape[0]}) in `{corrections}`: {count} correction"
+    return (f"Saved `{item.photo.name}` and `{written.name}` ({start.shape[1]}x"
+            f"{start.shape[0]}) in `{corrections}`: {count} correction"
             f"{'s' if count != 1 else ''} saved. Train on them with `python train.py --init "
             f"bundled --data {corrections} --replay <your ISIC folder>`.")
 
@@ -230,7 +243,7 @@ which trains as it is: `python train.py --init bundled --data {corrections} --re
                                 info=f"{len(found)} photos, {flagged} flagged for review")
 
     def show(found: list[ReviewItem], index: str | None) -> Any:
-        return editor_value(found[int(index)]) if index else None
+        return editor_value(found[int(index)], corrections) if index else None
 
     def save_correction_of(found: list[ReviewItem], index: str | None,
                            value: dict[str, Any] | None, replace_saved: bool) -> tuple:
