@@ -74,9 +74,11 @@ class CalibrationReport:
                       f"{self.calibration_error_after:.4f} on {self.images} held-out images "
                       "(model size)")
         if self.kept_from:
-            return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
-                    f"{MIN_FIT_IMAGES} needed): kept from the model the run started from "
-                    f"({self.kept_from}), review below {self.review_below:.3f}"]
+            return [f"calibration not fitted ({self.images} held-out images, {MIN_FIT_IMAGES} "
+                    f"needed): temperature {self.temperature:.3f}, quality estimate and review "
+                    f"threshold {self.review_below:.3f} kept from the model the run started "
+                    f"from ({self.kept_from}); expected calibration error "
+                    f"{self.calibration_error_before:.4f} -> {self.calibration_error_after:.4f}"]
         if not self.quality_fitted:
             return [calibrated, f"quality estimate not fitted ({self.images} held-out images, "
                     f"{MIN_FIT_IMAGES} needed): the model's own expected Dice, review below "
@@ -114,7 +116,12 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     images = [held_out_image(predictor, pair, variants) for pair in held_out]
     identity = np.stack([image.logits[0] for image in images])
     truth_small = np.stack([image.truth_small for image in images])
-    temperature = fit_temperature(identity, truth_small)
+    # Too few images to fit the quality estimate fit no temperature either (a handful of masks
+    # drawn from the model's own predictions pull it to its bound): the initial model's three
+    # values, fitted together, are kept.
+    keep = (fallback is not None and bool(fallback.quality.images)
+            and len(images) < MIN_FIT_IMAGES)
+    temperature = fallback.temperature if keep else fit_temperature(identity, truth_small)
     statistics = training_statistics(training)
     dermoscopy = fit_dermoscopy_check(statistics, images=len(statistics) // 2)
     signals, dice, jaccard, other_reasons = [], [], [], []
@@ -134,11 +141,11 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     review_below = (review_threshold(estimates, failures) if quality.images
                     else UNFITTED_REVIEW_BELOW)
     kept_from = ""
-    if not quality.images and fallback is not None and fallback.quality.images:
+    if keep:
         quality, review_below = fallback.quality, fallback.review_below
         kept_from = fallback.fitted_on or "its calibration"
-    if kept_from:
-        fitted_on += "; quality estimate and review threshold kept from the initial model"
+        fitted_on += ("; temperature, quality estimate and review threshold kept from the "
+                      "initial model")
     calibration = Calibration(temperature, quality, review_below, dermoscopy, fitted_on)
     flagged = estimates < review_below
     report = CalibrationReport(

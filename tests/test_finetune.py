@@ -106,7 +106,7 @@ def test_init_and_replay_on_the_command_line(tiny_checkpoint_dir: Path, syntheti
         assert torch.allclose(tuned["model"][name].float(), weight.float(), atol=1e-6), name
 
 
-def test_too_few_held_out_images_keep_the_initial_quality_estimate(
+def test_too_few_held_out_images_keep_the_initial_calibration(
         tiny_checkpoint_dir: Path, synthetic_root: Path) -> None:
     predictor = Predictor(tiny_checkpoint_dir / "best.pt", device="cpu")
     pairs = find_pairs(synthetic_root, "train")
@@ -115,10 +115,10 @@ def test_too_few_held_out_images_keep_the_initial_quality_estimate(
     kept, report = fit_calibration(predictor, pairs[:5], pairs[5:], "five images",
                                    fallback=bundled)
     assert kept.quality == bundled.quality and kept.review_below == bundled.review_below
+    assert kept.temperature == bundled.temperature  # fitted with the quality estimate
     assert "kept from the model the run started from" in " ".join(report.lines())
     unfitted, _ = fit_calibration(predictor, pairs[:5], pairs[5:], "five images")
-    assert unfitted.quality.images == 0
-    assert np.isfinite(kept.temperature) and kept.temperature == unfitted.temperature
+    assert unfitted.quality.images == 0 and np.isfinite(unfitted.temperature)
 
 
 def test_make_clinic_splits_and_restyles_the_images(synthetic_root: Path, tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def save_edit(item: ReviewItem, value: dict[str, Any] | None, corrections: Path,
     return (f"Saved `{item.photo.name}` and `{written.name}` ({start.shape[1]}x"
             f"{start.shape[0]}) in `{corrections}`: {count} correction"
             f"{'s' if count != 1 else ''} saved. Train on them with `python train.py --init "
-            f"bundled --data {corrections} --replay <your ISIC folder>`.")
+            f"bundled --data {corrections} --replay <your ISIC folder>`")
 
 
 def choices(items: list[ReviewItem], corrections: Path) -> list[tuple[str, str]]:
