@@ -437,3 +437,30 @@ def test_help_answers_without_importing_pytorch() -> None:
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     assert not {"torch", "cv2", "albumentations", "numpy"} & imported, sorted(imported)
+
+
+def test_the_prediction_flags_come_from_the_settings_object(tiny_checkpoint_dir) -> None:
+    import argparse
+    from dataclasses import fields
+
+    from common.errors import FlagError
+    from inference.settings import PredictionSettings, add_prediction_options
+
+    parser = argparse.ArgumentParser()
+    add_prediction_options(parser)
+    assert PredictionSettings.from_args(parser.parse_args([])) == PredictionSettings()
+    args = parser.parse_args(["--threshold", "0.3", "--tta", "--no-quality", "--batch-size", "2",
+                              "--mm-per-pixel", "0.02", "--precision", "fp32"])
+    chosen = PredictionSettings.from_args(args)
+    assert (chosen.threshold, chosen.tta, chosen.quality, chosen.batch_size,
+            chosen.mm_per_pixel, chosen.precision) == (0.3, True, False, 2, 0.02, "fp32")
+    dests = {action.dest for action in parser._actions} - {"help"}
+    assert dests == {item.name for item in fields(PredictionSettings)}
+    with pytest.raises(FlagError, match="--threshold"):
+        PredictionSettings(threshold=1.5).checked()
+    with pytest.raises(FlagError, match="unknown prediction settings: colour"):
+        PredictionSettings().with_changes(colour="red")
+    predictor = Predictor(tiny_checkpoint_dir / "best.pt", device="cpu")
+    assert predictor.with_settings(tta=True).settings.tta and not predictor.settings.tta
+    with pytest.raises(FlagError, match="device cannot change"):
+        predictor.with_settings(device="cuda")
