@@ -130,7 +130,7 @@ def drag(page: Any, points: list[tuple[float, float]]) -> None:
     page.mouse.move(*points[0])
     page.mouse.down()
     for point in points[1:]:
-        page.mouse.move(*point, steps=4)
+        page.mouse.move(*point, steps=2)
     page.mouse.up()
 
 
