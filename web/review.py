@@ -233,7 +233,8 @@ which trains as it is: `python train.py --init bundled --data {corrections} --re
         try:
             photos = photos_to_review(upload_list, folder_text, allow_folders)
         except ReviewError as exc:
-            raise gr.Error(str(exc)) from None
+            gr.Warning(str(exc))
+            return gr.update(), gr.update()
         found, failures = predict_for_review(predictor, photos, workspace_folder())
         for message in failures:
             gr.Warning(message)
