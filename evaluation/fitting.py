@@ -122,8 +122,9 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
     keep = (fallback is not None and bool(fallback.quality.images)
             and len(images) < MIN_FIT_IMAGES)
     temperature = fallback.temperature if keep else fit_temperature(identity, truth_small)
-    statistics = training_statistics(training)
-    dermoscopy = fit_dermoscopy_check(statistics, images=len(statistics) // 2)
+    rng = np.random.default_rng(0)  # draws the sample, then the camera variants
+    photos = check_sample(training, rng)
+    dermoscopy = fit_dermoscopy_check(training_statistics(photos, rng), images=len(photos))
     signals, dice, jaccard, other_reasons = [], [], [], []
     for image in images:
         probabilities = torch.sigmoid(torch.from_numpy(image.logits / temperature)).numpy()
@@ -213,13 +214,19 @@ def review_threshold(estimates: np.ndarray, failures: np.ndarray) -> float:
     return best
 
 
-def training_statistics(training: Sequence[Pair]) -> list[dict[str, float]]:
-    """:func:`inference.image_check.image_statistics` of at most :data:`MAX_CHECK_IMAGES`
-    training images (a seeded sample) and of one seeded :func:`camera_variant` of each."""
-    rng = np.random.default_rng(0)
+def check_sample(training: Sequence[Pair], rng: np.random.Generator) -> list[Pair]:
+    """The training images the dermoscopy check is fitted on: at most
+    :data:`MAX_CHECK_IMAGES`, drawn by ``rng``."""
     pick = rng.permutation(len(training))[:MAX_CHECK_IMAGES]
+    return [training[index] for index in sorted(pick)]
+
+
+def training_statistics(photos: Sequence[Pair], rng: np.random.Generator
+                        ) -> list[dict[str, float]]:
+    """:func:`inference.image_check.image_statistics` of each photo and of one
+    :func:`camera_variant` of it drawn by ``rng``."""
     statistics = []
-    for index in sorted(pick):
-        image = read_image_reduced(training[index].image, SIDE)[0]
+    for pair in photos:
+        image = read_image_reduced(pair.image, SIDE)[0]
         statistics += [image_statistics(image), image_statistics(camera_variant(image, rng))]
     return statistics

@@ -20,7 +20,8 @@ LOADING = ("device", "precision")
 
 def option(help_text: str, flag: str | None = None, **argparse_options: Any) -> dict[str, Any]:
     """A field's metadata: its flag's help (``%(default)s`` allowed), its flag when it is not
-    ``--`` plus the field name with dashes, and further ``add_argument`` options."""
+    ``--`` plus the field name with dashes, and further ``add_argument`` options (``type``
+    for a value flag; a boolean field is a switch)."""
     return {"help": help_text, "flag": flag, "argparse": argparse_options}
 
 
@@ -35,7 +36,7 @@ class PredictionSettings:
     """
 
     threshold: float | None = field(default=None, metadata=option(
-        "lesion probability threshold in (0, 1) (default: the checkpoint's)"))
+        "lesion probability threshold in (0, 1) (default: the checkpoint's)", type=float))
     tta: bool = field(default=False, metadata=option(
         "average the probabilities over horizontal and vertical flips"))
     keep_largest: bool = field(default=False, metadata=option(
@@ -44,11 +45,12 @@ class PredictionSettings:
     device: str = field(default="auto", metadata=option(DEVICE_HELP))
     precision: str = field(default="auto", metadata=option(PRECISION_HELP, choices=PRECISIONS))
     batch_size: int = field(default=8, metadata=option(
-        "images per forward pass, after resizing to the model's size (default: %(default)s)"))
+        "images per forward pass, after resizing to the model's size (default: %(default)s)",
+        type=int))
     workers: int = field(default=min(4, os.cpu_count() or 1), metadata=option(
         "threads that decode the next images and finish (resize, write) the last ones while "
         "the model runs; each holds one full-size prediction (default: min(4, cores) = "
-        "%(default)s)"))
+        "%(default)s)", type=int))
     full_decode: bool = field(default=False, metadata=option(
         "decode large JPEGs in full instead of at the decoder's 1/2, 1/4 or 1/8 scale "
         "(slower; masks differ only along the border)"))
@@ -57,10 +59,10 @@ class PredictionSettings:
         "image too)", flag="--no-quality"))
     review_below: float | None = field(default=None, metadata=option(
         "flag masks whose estimated quality (Dice) is below this for review (default: the "
-        "model's, chosen on held-out images)"))
+        "model's, chosen on held-out images)", type=float))
     mm_per_pixel: float | None = field(default=None, metadata=option(
         "pixel size in millimetres for the measurements in mm (default: a believable "
-        "resolution tag of the image file, else pixels only)"))
+        "resolution tag of the image file, else pixels only)", type=float))
 
     def checked(self) -> PredictionSettings:
         """These settings, or :class:`FlagError` naming the flag of a value that cannot work."""
@@ -109,13 +111,12 @@ def add_prediction_options(parser: argparse.ArgumentParser | argparse._ArgumentG
     for item in fields(PredictionSettings):
         meta = item.metadata
         flag = meta["flag"] or "--" + item.name.replace("_", "-")
-        if item.type == "bool" or isinstance(item.default, bool):
+        if isinstance(item.default, bool):
             action = "store_false" if item.default else "store_true"
             parser.add_argument(flag, dest=item.name, action=action, help=meta["help"])
         else:
-            kind = {"int": int}.get(item.type, float if "float" in item.type else str)
-            parser.add_argument(flag, dest=item.name, type=kind, default=item.default,
-                                help=meta["help"], **meta["argparse"])
+            parser.add_argument(flag, dest=item.name, default=item.default, help=meta["help"],
+                                **meta["argparse"])
 
 
 def add_checkpoint_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -140,8 +140,8 @@ def edited_mask(value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndar
         raise ReviewError("the editor holds no photo; choose the photo in the list again")
     layers = [layer for layer in value.get("layers") or [] if layer is not None]
     painted = np.zeros(shape, bool)
-    for layer in layers:
-        alpha = layer[..., 3] if layer.ndim == 3 and layer.shape[2] == 4 else layer[..., -1]
+    for layer in layers:  # RGBA: the editor's image mode
+        alpha = layer[..., 3]
         if alpha.shape != shape:
             alpha = cv2.resize(alpha, shape[::-1], interpolation=cv2.INTER_NEAREST)
         painted |= alpha >= PAINTED_ALPHA
