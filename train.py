@@ -56,7 +56,7 @@ from training.loaders import (
     replay_pairs,
 )
 from training.options import check_args, parse_args, split_settings
-from training.run import Run, build_run
+from training.run import Run, blend_with_initial, build_run
 from training.schedule import Plan, lr_at
 from training.wandb_log import WandbRun
 from utils import SegmentationLoss, binary_scores
@@ -181,6 +181,11 @@ def train(args: argparse.Namespace) -> Outcome:
             if run.wandb is not None:
                 run.wandb.finish()
             if outcome.status == 0:  # a finished run: calibrate the model on held-out images
+                if args.init_share:
+                    blend_with_initial(run.checkpoint_dir / "best.pt", args.init,
+                                       args.init_share)
+                    print(f"best.pt: {args.init_share:.0%} of the weights of {args.init} "
+                          "averaged in (--init-share)", flush=True)
                 started = time.perf_counter()
                 best = Predictor(run.checkpoint_dir / "best.pt", device=str(hardware.device),
                                  precision=args.precision)
@@ -337,7 +342,7 @@ def broadcast_buffers(run: Run) -> None:
 def end_epoch(run: Run, metrics: dict[str, float], examples: list) -> None:
     """Print, log, save the checkpoints and append the record (rank 0)."""
     state = run.state
-    is_best = metrics["val_dice"] > state.best_dice
+    is_best = metrics["val_dice"] > state.best_dice or run.args.best_epoch == "last"
     state.best_dice = max(state.best_dice, metrics["val_dice"])
     if not run.cluster.is_main:
         return

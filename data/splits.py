@@ -29,21 +29,48 @@ def data_root(name: str, generate: bool = True) -> Path:
 
 @dataclass(frozen=True)
 class SplitSettings:
-    """How a run chose its validation images (``train.py``'s flags of the same names)."""
+    """How a run chose its validation images (``train.py``'s flags of the same names;
+    ``fold`` ``None`` is no ``--fold``)."""
 
     official_val: bool = False
     val_fraction: float = 0.1
     seed: int = 0
     skip_unpaired: bool = False
+    fold: int | None = None
+    folds: int = 5
 
 
 def training_splits(root: Path, settings: SplitSettings) -> tuple[list[Pair], list[Pair]]:
-    """``(train, val)`` pairs: the official validation folder with ``official_val``, else a
-    seeded fraction held out of the training folder (see :func:`split_pairs`)."""
+    """``(train, val)`` pairs: the official validation folder with ``official_val``, else fold
+    ``fold`` of ``folds`` (see :func:`fold_pairs`), else a seeded fraction held out of the
+    training folder (see :func:`split_pairs`)."""
     pairs = find_pairs(root, "train", skip_unpaired=settings.skip_unpaired)
     if settings.official_val:
         return pairs, find_pairs(root, "val", skip_unpaired=settings.skip_unpaired)
+    if settings.fold is not None:
+        return fold_pairs(pairs, settings.fold, settings.folds, settings.seed)
     return split_pairs(pairs, settings.val_fraction, settings.seed)
+
+
+def fold_pairs(pairs: Sequence[Pair], fold: int, folds: int,
+               seed: int) -> tuple[list[Pair], list[Pair]]:
+    """``(train, val)`` with ``val`` fold ``fold`` of a seeded partition of the pairs into
+    ``folds`` parts of nearly equal size: the runs of ``fold`` 0 to ``folds - 1`` hold out
+    every pair once (out-of-fold predictions). Machine-independent, as :func:`split_pairs`.
+
+    Args:
+        fold: in ``[0, folds)``; ``folds`` 2 or more (``train.py`` checks its flags).
+
+    Raises:
+        DatasetError: fewer pairs than folds.
+    """
+    if len(pairs) < folds:
+        raise DatasetError(f"{len(pairs)} pairs are too few for {folds} folds")
+    ordered = sorted(pairs, key=lambda p: p.id)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    val_idx = set(np.array_split(order, folds)[fold].tolist())
+    return ([p for i, p in enumerate(ordered) if i not in val_idx],
+            [p for i, p in enumerate(ordered) if i in val_idx])
 
 
 def split_pairs(pairs: Sequence[Pair], val_fraction: float,

@@ -17,6 +17,7 @@ from evaluation.failure_detection import quality_summary
 from evaluation.plots import Case, plot_histogram, plot_risk_coverage, plot_worst
 from evaluation.scores import METRICS, summarize
 from inference.calibration import error_of_bins
+from inference.review import NOT_DERMOSCOPY
 
 if TYPE_CHECKING:
     from evaluation.calibration_tally import CalibrationTally
@@ -89,14 +90,16 @@ class Evaluation:
     worst: list[Case]
     calibration: CalibrationTally | None = None
     non_dermoscopy: dict[str, Any] | None = None
+    acquisition_variants: dict[str, dict[str, int]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """``summary.json``: :func:`evaluation.scores.summarize` of the rows, the settings,
-        and ``quality``, ``measurements``, ``calibration``, ``non_dermoscopy`` (``None`` where
-        not measured)."""
+        and ``quality``, ``measurements``, ``calibration``, ``non_dermoscopy``,
+        ``acquisition_variants`` (``None`` where not measured)."""
         return {**summarize(self.rows), "settings": asdict(self.settings),
                 "quality": self._quality(), "measurements": self._measurements(),
-                "calibration": self._calibration(), "non_dermoscopy": self.non_dermoscopy}
+                "calibration": self._calibration(), "non_dermoscopy": self.non_dermoscopy,
+                "acquisition_variants": self.acquisition_variants}
 
     def _quality(self) -> dict[str, Any] | None:
         if not self.rows or self.rows[0].get("quality", "") == "":
@@ -180,16 +183,21 @@ def quality_lines(summary: dict[str, Any]) -> list[str]:
     lines = []
     quality, calibration = summary["quality"], summary["calibration"]
     if quality is not None:
+        not_dermoscopy = quality["reasons"].get(NOT_DERMOSCOPY, 0)
         lines += [
             f"quality estimate: AUROC {_number(quality['auroc'])} for the {quality['failures']}"
             f" failures (Jaccard < 0.65), Spearman {_number(quality['spearman'])} with the "
             f"Dice, AURC {_number(quality['aurc'], 4)} (best possible "
             f"{_number(quality['aurc_optimal'], 4)})",
-            f"review flags: {quality['flagged']} of {quality['images']} masks (quality below "
+            f"review flags: {quality['flagged']} of {quality['images']} masks "
+            f"({_share(quality['flagged'], quality['images'])}; quality below "
             f"{quality['review_below']:.3f} or another reason: {quality['reasons'] or 'none'}), "
-            f"{quality['failures_flagged']} of the {quality['failures']} failures; mean "
+            f"{quality['failures_flagged']} of the {quality['failures']} failures "
+            f"({_share(quality['failures_flagged'], quality['failures'])}); mean "
             f"thresholded Jaccard {_number(quality['threshold_jaccard_all'], 4)} of all, "
-            f"{_number(quality['threshold_jaccard_unflagged'], 4)} of the unflagged"]
+            f"{_number(quality['threshold_jaccard_unflagged'], 4)} of the unflagged",
+            f"dermoscopy images flagged not dermoscopy: {not_dermoscopy} of "
+            f"{quality['images']} ({_share(not_dermoscopy, quality['images'])})"]
     if calibration is not None:
         lines.append(
             f"expected calibration error of the probabilities: "
@@ -199,8 +207,16 @@ def quality_lines(summary: dict[str, Any]) -> list[str]:
     if summary["non_dermoscopy"] is not None:
         check = summary["non_dermoscopy"]
         lines.append(f"not dermoscopy: {check['flagged']} of {check['images']} pictures that are "
-                     "not dermoscopy flagged")
+                     f"not dermoscopy flagged ({_share(check['flagged'], check['images'])})")
+    for kind, counts in (summary["acquisition_variants"] or {}).items():
+        lines.append(f"{counts['images']} {kind} copies of the images (seed {counts['seed']}): "
+                     f"{counts['flagged']} flagged not dermoscopy "
+                     f"({_share(counts['flagged'], counts['images'])})")
     return lines
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f} %" if whole else "-"
 
 
 def measurement_lines(summary: dict[str, Any]) -> list[str]:

@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import ISICDataset, eval_transforms
+from data.imageio import read_image_reduced
 from data.layouts import DatasetError, Pair
 from evaluation.calibration_tally import CalibrationTally
 from evaluation.plots import WorstCases
 from evaluation.report import MEASUREMENTS, Evaluation, EvaluationSettings
 from evaluation.scores import fit_to_truth, read_scored_mask, score_masks
 from evaluation.sources import MaskFiles
+from inference.image_check import ACQUISITION_VARIANTS, image_statistics
 from inference.measurements import measure
 from inference.predictor import Prediction, Predictor, postprocess
 
@@ -86,6 +88,25 @@ def check_non_dermoscopy(predictor: Predictor, paths: Sequence[Path]) -> dict[st
               if check is None or not check.failures(predictor.read(path).statistics)]
     return {"images": len(paths), "flagged": len(paths) - len(passed),
             "share": (len(paths) - len(passed)) / max(len(paths), 1), "passed": passed}
+
+
+def check_acquisition_variants(predictor: Predictor, paths: Sequence[Path], copies: int,
+                               seed: int) -> dict[str, dict[str, int]]:
+    """How many copies of these dermoscopy images, as other acquisitions give them
+    (:data:`inference.image_check.ACQUISITION_VARIANTS`, ``copies`` of each image per kind,
+    drawn from ``seed``), the model's dermoscopy check flags; each image decoded as
+    ``predict.py`` decodes it. ``{kind: {"images", "flagged", "seed"}}``."""
+    check = predictor.calibration.dermoscopy
+    rng = np.random.default_rng(seed)
+    counts = {kind: {"images": 0, "flagged": 0, "seed": seed} for kind in ACQUISITION_VARIANTS}
+    for path in paths:
+        image = read_image_reduced(path, predictor.img_size)[0]
+        for kind, variant in ACQUISITION_VARIANTS.items():
+            for _ in range(copies):
+                statistics = image_statistics(variant(image, rng))
+                counts[kind]["images"] += 1
+                counts[kind]["flagged"] += bool(check and check.failures(statistics))
+    return counts
 
 
 def progress_bar(total: int) -> tqdm:

@@ -107,7 +107,9 @@ def training_pairs(info: dict[str, Any], split: str) -> tuple[Path, list[Pair]]:
         raise CheckpointError("the model file does not record its training data; pass --data")
     train_args = info["args"]
     root = training_data_root(train_args["data"])
-    settings = SplitSettings(**{f.name: train_args[f.name] for f in fields(SplitSettings)})
+    # runs saved before a split setting existed ran with its default
+    settings = SplitSettings(**{f.name: train_args.get(f.name, f.default)
+                                for f in fields(SplitSettings)})
     if split == "test":
         return root, find_pairs(root, "test", skip_unpaired=settings.skip_unpaired)
     train_set, val_set = training_splits(root, settings)

@@ -4,6 +4,7 @@
     python scripts/calibrate.py --checkpoint models/checkpoints/best.pt
     python scripts/calibrate.py --checkpoint model.onnx --data data/ISIC2018 --split val \
         --training-data data/ISIC2018
+    python scripts/calibrate.py --checkpoint best.pt --quality-from folds/fold*/best.pt
 
 What is fitted (inference/calibration.py; fitted by evaluation/fitting.py): the temperature that
 makes the probability maps mean what they say, the quality estimate of each mask and the quality
@@ -12,6 +13,11 @@ check on the images the model was trained on. By default both are the model's ow
 validation split train.py held out and its training split (read from the model file). train.py
 calibrates best.pt this way when it finishes; run this for a model trained before, an export, or
 other held-out images. Never fit on the images you will report the model's scores on.
+
+--quality-from fits the quality estimate and review threshold on many more held-out predictions:
+those of models trained with `train.py --fold K --folds N` (K = 0 .. N-1, the same recipe), each
+on the fold it held out, so that every training image is predicted once by a model that never
+saw it (docs/experiments.md, "Quality estimate"). The temperature is still the model's own.
 
 The model file (a best.pt, .safetensors or .onnx) is updated in place, its weights unchanged,
 unless --output names a copy to write.
@@ -46,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "train split is read")
     p.add_argument("--model-data", default=None, help="where the data the model was trained on "
                    "is now, when it has moved (default: the folder its training recorded)")
+    p.add_argument("--quality-from", nargs="+", default=None, metavar="MODEL",
+                   help="fit the quality estimate and review threshold on these models' "
+                   "predictions of the folds they held out (train.py --fold) instead of on "
+                   "--data")
     p.add_argument("--output", default=None,
                    help="write a calibrated copy here instead of updating --checkpoint")
     add_hardware_options(p)
@@ -54,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def calibrate(args: argparse.Namespace) -> int:
     from data.layouts import find_pairs
-    from evaluation.fitting import calibrate_file
+    from evaluation.fitting import calibrate_file, out_of_fold_samples
     from evaluation.sources import layout_split, training_data_root, training_pairs
     from inference.predictor import Predictor
 
@@ -79,10 +89,19 @@ def calibrate(args: argparse.Namespace) -> int:
     else:
         root, training = training_pairs(info, "train")
         training_name = f"the model's training split of {root.name}"
-    fitted_on = (f"quality and temperature: {len(held_out)} images of {held_name}; dermoscopy "
+    out_of_fold = None
+    if args.quality_from:
+        models = [Predictor(path, device=args.device, precision=args.precision)
+                  for path in args.quality_from]
+        out_of_fold = out_of_fold_samples(models)
+        quality_name = (f"quality: {len(out_of_fold.signals)} out-of-fold predictions of "
+                        f"{len(models)} models, each on the fold it held out; temperature")
+    else:
+        quality_name = "quality and temperature"
+    fitted_on = (f"{quality_name}: {len(held_out)} images of {held_name}; dermoscopy "
                  f"check: {len(training)} images of {training_name}")
     print(f"calibrating {source} on {fitted_on}", flush=True)
-    report = calibrate_file(predictor, held_out, training, fitted_on)
+    report = calibrate_file(predictor, held_out, training, fitted_on, out_of_fold=out_of_fold)
     print("\n".join(report.lines()))
     print(f"wrote {target}")
     return 0

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--non-dermoscopy", default=None, metavar="DIR",
                    help="a folder of pictures that are not dermoscopy: report how many the "
                    "model's dermoscopy check flags (--checkpoint mode)")
+    g.add_argument("--variants", type=int, default=0, metavar="K",
+                   help="also count how many of K copies of every image under each acquisition "
+                   "variant (another camera, a round field of view, bright light, low "
+                   "resolution, a stronger magnification) the dermoscopy check flags "
+                   "(--checkpoint mode)")
+    g.add_argument("--variant-seed", type=int, default=7,
+                   help="seed of the --variants copies")
     g.add_argument("--resolution", choices=("original", "model"), default="original",
                    help="original: the challenge's scoring; model: at the checkpoint's img_size "
                    "as train.py validates (to compare with its val_dice)")
@@ -92,6 +99,7 @@ def check_args(args: argparse.Namespace) -> None:
                                             ("--resolution model", args.resolution == "model"),
                                             ("--full-decode", args.full_decode),
                                             ("--non-dermoscopy", args.non_dermoscopy),
+                                            ("--variants", args.variants),
                                             ("--review-below", args.review_below))
                    if value]
         if ignored:
@@ -101,13 +109,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise FlagError("--images and --resize-pred apply to --pred mode only")
     if args.worst < 0:
         raise FlagError("--worst must be 0 or more")
+    if args.variants < 0:
+        raise FlagError("--variants must be 0 or more")
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     """--checkpoint mode: the model predicts the masks of a data split; the evaluation and the
     report's default name."""
     from evaluation.report import EvaluationSettings
-    from evaluation.scoring import check_non_dermoscopy, evaluate_model
+    from evaluation.scoring import (
+        check_acquisition_variants,
+        check_non_dermoscopy,
+        evaluate_model,
+    )
     from evaluation.sources import scored_set
     from inference.inputs import collect_inputs
     from inference.predictor import Predictor
@@ -135,6 +149,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> tuple[Evaluation, str]:
     if args.non_dermoscopy:
         evaluation.non_dermoscopy = check_non_dermoscopy(
             predictor, collect_inputs([args.non_dermoscopy], "--non-dermoscopy"))
+    if args.variants:
+        evaluation.acquisition_variants = check_acquisition_variants(
+            predictor, [pair.image for pair in scored.pairs], args.variants, args.variant_seed)
     checkpoint = predictor.checkpoint_path
     return evaluation, f"{checkpoint.parent.name}-{checkpoint.stem}_{scored.label}"
 

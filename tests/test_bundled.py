@@ -14,6 +14,7 @@ import torch
 
 from inference.calibration import Calibration
 from inference.predictor import Predictor
+from inference.quality import QUALITY_FEATURES
 from models.bundled import BUNDLED_MODEL, MODEL_CARD, default_model, describe_model
 from models.checkpoint import load_checkpoint, load_model_file, save_checkpoint
 from tests.conftest import load_script, shared_data
@@ -31,7 +32,9 @@ def test_the_bundled_model_is_small_safetensors_with_its_settings_and_card() -> 
     assert bundle.config.base_channels == 16 and bundle.config.norm == "group"
     assert {"epoch", "metrics", "args"} <= set(bundle.info)
     calibration = Calibration.from_dict(bundle.calibration)  # fitted on held-out images
-    assert calibration.quality.images == 180 and calibration.dermoscopy.images == 1000
+    # the quality estimate on out-of-fold predictions of the 1797 training images
+    assert calibration.quality.images == 1797 and calibration.quality.features == QUALITY_FEATURES
+    assert "out-of-fold" in calibration.fitted_on and calibration.dermoscopy.images == 1000
     assert 1 < calibration.temperature < 3 and 0.5 < calibration.review_below < 1
     card = MODEL_CARD.read_text()
     for words in ("not a diagnostic device", "CC BY-NC", "python train.py", "Dice",

@@ -21,7 +21,7 @@ from data.dataset import (
 )
 from data.imageio import CorruptFileError, read_image, read_mask
 from data.layouts import DatasetError, Pair, find_pairs
-from data.splits import split_pairs
+from data.splits import SplitSettings, fold_pairs, split_pairs, training_splits
 from evaluation import read_scored_mask
 
 IMG_SIZE = 32
@@ -329,6 +329,28 @@ def test_split_refuses_bad_fractions(fraction: float) -> None:
 def test_split_refuses_too_few_pairs() -> None:
     with pytest.raises(DatasetError, match="too few"):
         split_pairs(fake_pairs(1), 0.5, seed=0)
+
+
+def test_folds_hold_out_every_pair_once_whatever_the_listing_order() -> None:
+    pairs = fake_pairs(23)
+    shuffled = list(pairs)
+    random.Random(1).shuffle(shuffled)
+    held_out = []
+    for fold in range(5):
+        train, val = fold_pairs(shuffled, fold, 5, seed=0)
+        assert (train, val) == fold_pairs(pairs, fold, 5, seed=0)
+        assert len(val) in (4, 5) and sorted(train + val, key=lambda p: p.id) == pairs
+        held_out += val
+    assert sorted(held_out, key=lambda p: p.id) == pairs
+    assert fold_pairs(pairs, 0, 5, seed=0)[1] != fold_pairs(pairs, 0, 5, seed=1)[1]
+    with pytest.raises(DatasetError, match="too few"):
+        fold_pairs(fake_pairs(3), 0, 5, seed=0)
+
+
+def test_training_splits_take_the_fold(synthetic_root: Path) -> None:
+    pairs = find_pairs(synthetic_root, "train")
+    train, val = training_splits(synthetic_root, SplitSettings(fold=2, folds=4))
+    assert (train, val) == fold_pairs(pairs, 2, 4, seed=0) and len(val) == 6
 
 
 def test_large_jpeg_from_its_files_gives_the_cached_item(tmp_path: Path) -> None:

@@ -81,16 +81,22 @@ def test_init_with_resume_is_refused(tiny_checkpoint_dir: Path) -> None:
         parse_args(["--init", "bundled", "--resume", str(tiny_checkpoint_dir / "last.pt")])
 
 
+def tiny_flags_without_architecture() -> list[str]:
+    """TINY_TRAIN_ARGS without the flags an --init model fixes."""
+    flags = list(TINY_TRAIN_ARGS)
+    for name in ("--img-size", "--base-channels", "--depth"):
+        index = flags.index(name)
+        del flags[index:index + 2]
+    return flags
+
+
 def test_init_and_replay_on_the_command_line(tiny_checkpoint_dir: Path, synthetic_root: Path,
                                              tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     # With a learning rate of almost nothing the trained weights stay the initial model's: the
     # run started from them, not from random weights.
     out = tmp_path / "run"
-    flags = [flag for flag in TINY_TRAIN_ARGS]
-    for name in ("--img-size", "--base-channels", "--depth"):  # from the --init model
-        index = flags.index(name)
-        del flags[index:index + 2]
+    flags = tiny_flags_without_architecture()
     code = train.main(["--init", str(tiny_checkpoint_dir / "best.pt"), "--data",
                        str(synthetic_root), "--replay", str(synthetic_root), "--checkpoint-dir",
                        str(out), *flags, "--lr", "1e-12", "--ema", "0"])
@@ -104,6 +110,26 @@ def test_init_and_replay_on_the_command_line(tiny_checkpoint_dir: Path, syntheti
     assert tuned["args"]["replay"] == str(synthetic_root)
     for name, weight in initial["model"].items():
         assert torch.allclose(tuned["model"][name].float(), weight.float(), atol=1e-6), name
+
+
+def test_init_share_averages_the_initial_weights_into_best_pt(
+        tiny_checkpoint_dir: Path, synthetic_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    flags = tiny_flags_without_architecture()
+    initial = tiny_checkpoint_dir / "best.pt"
+    assert train.main(["--init", str(initial), "--data", str(synthetic_root),
+                       "--checkpoint-dir", str(out), *flags, "--lr", "1e-2", "--ema", "0",
+                       "--init-share", "0.25"]) == 0
+    assert "25% of the weights of" in capsys.readouterr().out
+    start, trained = load_checkpoint(initial)["model"], load_checkpoint(out / "last.pt")["model"]
+    blended = load_checkpoint(out / "best.pt")["model"]
+    changed = 0
+    for name, weight in trained.items():
+        expected = 0.25 * start[name].float() + 0.75 * weight.float()
+        assert torch.allclose(blended[name].float(), expected, atol=1e-6), name
+        changed += not torch.allclose(weight.float(), start[name].float())
+    assert changed  # the run trained: the average is not the initial model
 
 
 def test_too_few_held_out_images_keep_the_initial_calibration(
@@ -140,3 +166,24 @@ def test_make_clinic_splits_and_restyles_the_images(synthetic_root: Path, tmp_pa
     mask = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
     assert set(np.unique(mask)) <= {0, 255}
     assert make_clinic.main(["--source", str(synthetic_root), "--output", str(out)]) == 1
+
+
+def test_make_clinic_magnifies_and_outlines_as_the_clinic_does(synthetic_root: Path,
+                                                               tmp_path: Path) -> None:
+    import cv2
+
+    make_clinic = load_script("make_clinic")
+    plain, clinic = tmp_path / "plain", tmp_path / "clinic"
+    common = ["--source", f"{synthetic_root}:val", "--corrections", "0"]
+    assert make_clinic.main([*common, "--output", str(plain), "--zoom", "1",
+                             "--margin", "0"]) == 0
+    assert make_clinic.main([*common, "--output", str(clinic), "--zoom", "2",
+                             "--margin", "0.05"]) == 0
+    for before, after in zip(find_pairs(plain / "test"), find_pairs(clinic / "test")):
+        mask = cv2.imread(str(before.mask), cv2.IMREAD_GRAYSCALE) > 127
+        grown = cv2.imread(str(after.mask), cv2.IMREAD_GRAYSCALE) > 127
+        image = cv2.imread(str(after.image))
+        assert grown.shape == image.shape[:2] == (24, 32)  # the central half of 48x64
+        centre = mask[12:36, 16:48]
+        assert (grown | ~centre).all() and grown.sum() > centre.sum()  # grown, not moved
+    assert make_clinic.main([*common, "--output", str(tmp_path / "bad"), "--zoom", "0.5"]) == 1

@@ -319,3 +319,28 @@ def test_a_run_saved_before_the_norm_and_deep_supervision_flags_resumes(
     resumed = load_checkpoint(tmp_path / "last.pt")
     assert resumed["epoch"] == 2 and not resumed["args"]["deep_supervision"]
     assert not any(key.startswith("aux_heads.") for key in resumed["model"])
+
+
+def test_a_fold_run_validates_on_its_fold_and_keeps_the_last_epoch(
+        synthetic_root: Path, tmp_path: Path) -> None:
+    from data.splits import fold_pairs
+    from evaluation.sources import training_pairs
+
+    out = tmp_path / "fold1"
+    assert train.main(tiny_args(synthetic_root, out, "--fold", "1", "--folds", "4",
+                                "--epochs", "2", "--best-epoch", "last")) == 0
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == 2 and best["args"]["fold"] == 1  # whatever its validation Dice
+    expected = fold_pairs(find_pairs(synthetic_root, "train"), 1, 4, seed=0)
+    assert training_pairs(best, "val")[1] == expected[1]  # as scripts/evaluate.py reads it
+    assert training_pairs(best, "train")[1] == expected[0]
+
+
+@pytest.mark.parametrize("flags, named", [(["--fold", "4", "--folds", "4"], "--fold 4"),
+                                          (["--fold", "0", "--official-val"], "--fold 0"),
+                                          (["--init-share", "0.5"], "--init-share")])
+def test_fold_and_init_share_mistakes_are_one_line(flags: list[str], named: str,
+                                                   synthetic_root: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    assert train.main(tiny_args(synthetic_root, tmp_path / "run", *flags)) == 1
+    assert named in one_error_line(capsys)

@@ -20,6 +20,7 @@ from models.unet_parts import NORMS
 from utils import LOSS_NAMES
 
 COMPILE_CHOICES = ("auto", "on", "off")
+BEST_EPOCH_CHOICES = ("val-dice", "last")
 ARCHITECTURE_FLAGS = ("img_size", "base_channels", "depth", "bilinear", "norm",
                       "deep_supervision")
 DEFAULT_CHECKPOINT_DIR = "models/checkpoints"
@@ -37,10 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-budget": dict(img_size=96, base_channels=16, max_minutes=10, epochs=100, batch_size=8,
                        lr=1e-3, ema=0.99, compile="auto"),
     # Starting from a trained model (--init, which applies it when no preset is named): a few
-    # dozen images of a new clinic, in minutes on a CPU. The settings of the first fine-tuning
-    # runs (docs/training.md, "Fine-tuning"); not yet tuned.
-    "finetune": dict(lr=3e-4, warmup=0.05, batch_size=8, epochs=100, max_minutes=5,
-                     augment="flips", ema=0.99, replay_share=0.5),
+    # dozen images of a new clinic, in minutes on a CPU, measured in docs/training.md
+    # ("Fine-tuning"). The last epoch is kept (a few held-out corrections choose an epoch by
+    # chance), averaged half and half with the initial weights.
+    "finetune": dict(lr=1e-4, warmup=0.05, batch_size=8, epochs=100, max_minutes=5,
+                     augment="flips", ema=0.99, replay_share=0.5, best_epoch="last",
+                     init_share=0.5),
     "isic2018-gpu": dict(img_size=256, base_channels=64, epochs=100, batch_size=16, lr=1e-3,
                          ema=0.999, official_val=True, compile="auto"),
 }
@@ -89,6 +92,12 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
                    help="fraction of the training pairs held out for validation")
     g.add_argument("--official-val", action="store_true", help="validate on the data's "
                    "official validation folder instead of a held-out fraction")
+    g.add_argument("--fold", type=int, default=None, help="validate on this fold (0 to "
+                   "--folds - 1) of a seeded partition of the training pairs instead of a "
+                   "held-out fraction: one run per fold predicts every image once, unseen "
+                   "(out-of-fold predictions for scripts/calibrate.py --quality-from)")
+    g.add_argument("--folds", type=int, default=SplitSettings.folds,
+                   help="number of parts of the --fold partition")
     g.add_argument("--skip-unpaired", action="store_true",
                    help="ignore images without masks and masks without images")
     g.add_argument("--workers", type=int, default=None,
@@ -116,6 +125,10 @@ def add_model_options(g: argparse._ArgumentGroup) -> None:
                    "model file: 'bundled', a best.pt or last.pt, or a .safetensors export; its "
                    "architecture and image size are the run's (a flag that contradicts them is "
                    "an error), and --preset finetune applies unless another preset is named")
+    g.add_argument("--init-share", type=float, default=0.0, help="with --init: best.pt holds "
+                   "this share of the initial model's weights plus the rest of the trained "
+                   "ones, averaged when the run ends (WiSE-FT), which keeps more of what the "
+                   "initial model knew")
     g.add_argument("--base-channels", type=int, default=defaults.base_channels,
                    help="width of the first U-Net level (64: the paper's 31 M parameters)")
     g.add_argument("--depth", type=int, default=defaults.depth,
@@ -157,6 +170,10 @@ def add_optimisation_options(g: argparse._ArgumentGroup) -> None:
 def add_output_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINT_DIR, help="where best.pt "
                    "(by validation Dice), last.pt and the metrics record are written")
+    g.add_argument("--best-epoch", default="val-dice", choices=BEST_EPOCH_CHOICES,
+                   help="which epoch's weights best.pt holds: val-dice, the highest validation "
+                   "Dice; last, the final epoch's (for validation sets too small to choose by, "
+                   "as in the finetune preset)")
     g.add_argument("--resume", default=None, help="continue from a last.pt checkpoint")
     g.add_argument("--log-interval", type=int, default=10,
                    help="steps between loss read-outs (each one synchronises the device)")
@@ -254,6 +271,8 @@ def check_args(args: argparse.Namespace) -> None:
         ("lr", args.lr > 0, "must be positive"),
         ("workers", args.workers is None or args.workers >= 0, "must be 0 or more"),
         ("replay_share", 0 < args.replay_share < 1, "must be in (0, 1)"),
+        ("init_share", 0 <= args.init_share < 1 and (args.init or not args.init_share),
+         "must be in [0, 1), and above 0 only with --init"),
         ("data_timeout", args.data_timeout is None or args.data_timeout > 0,
          "must be more than 0 seconds"),
         ("warmup", 0 <= args.warmup < 1, "must be in [0, 1)"),
@@ -267,6 +286,10 @@ def check_args(args: argparse.Namespace) -> None:
     for name, ok, rule in checks:
         if not ok:
             raise FlagError(f"--{name.replace('_', '-')} {rule}, got {getattr(args, name)}")
+    if args.fold is not None and (args.official_val or args.folds < 2
+                                  or not 0 <= args.fold < args.folds):
+        raise FlagError(f"--fold {args.fold} --folds {args.folds}: --folds must be 2 or more, "
+                        f"--fold from 0 to {args.folds - 1}, and --official-val left out")
     if not (0 < args.val_fraction < 1 or (args.official_val and args.val_fraction == 0)):
         raise FlagError(f"--val-fraction must be in (0, 1) (or 0 with --official-val), got "
                         f"{args.val_fraction}")
@@ -274,4 +297,5 @@ def check_args(args: argparse.Namespace) -> None:
 
 def split_settings(args: argparse.Namespace) -> SplitSettings:
     """The validation split a run's arguments define."""
-    return SplitSettings(args.official_val, args.val_fraction, args.seed, args.skip_unpaired)
+    return SplitSettings(args.official_val, args.val_fraction, args.seed, args.skip_unpaired,
+                         args.fold, args.folds)

@@ -138,6 +138,25 @@ class Run:
                         self.last_path)
 
 
+def blend_with_initial(path: Path, initial: str, share: float) -> None:
+    """Rewrite the model of ``path`` (a ``best.pt``) as ``share`` times the weights of the model
+    file ``initial`` names plus ``1 - share`` times its own: weight-space ensembling of the
+    fine-tuned and the initial model (WiSE-FT, Wortsman et al., CVPR 2022), which keeps more of
+    what the initial model knew than of what fine-tuning changed (docs/training.md,
+    "Fine-tuning").
+
+    Raises:
+        CheckpointError: either file cannot be read as a model of this project.
+    """
+    payload = load_checkpoint(path)
+    start = load_model_file(model_path(initial)).build().state_dict()
+    payload["model"] = {
+        name: (share * start[name].to(weight.dtype) + (1 - share) * weight
+               if weight.is_floating_point() else weight)
+        for name, weight in payload["model"].items()}
+    save_checkpoint(payload, path)
+
+
 def build_run(args: argparse.Namespace, cluster: Cluster, hardware: Hardware,
               plan: Plan) -> Run:
     """A fresh run: the U-Net on the device (with ``--init``, that model's weights), its EMA,
