@@ -170,7 +170,7 @@ def fit_calibration(predictor: Predictor, held_out: Sequence[Pair], training: Se
         own.add(signals, scores, 0)
         other_reasons += bool(review_reasons(mask, None, 0.0,
                                              not dermoscopy.failures(image.statistics)))
-    samples = out_of_fold or own
+    samples = own if out_of_fold is None else out_of_fold
     quality, review_below, estimates = fit_quality(samples)
     kept_from = ""
     if keep:
